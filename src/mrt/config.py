@@ -1,0 +1,177 @@
+"""MRTConfig: GRPOConfig plus the fields of Meta Reinforcement Fine-Tuning."""
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from mrt.episodes import DEFAULT_MARKERS
+
+AUTHORS_SUFFIX = (
+    "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
+    "formulate a final answer based on what I already have.\n"
+)
+
+# Named termination suffixes: (text before the end-of-thinking tag, text after it).
+SUFFIX_PRESETS = {
+    # The authors' suffix: mu then writes a whole answer.
+    "authors": (AUTHORS_SUFFIX, ""),
+    # Ends at the answer slot, so mu writes only the answer (a handful of tokens).
+    "boxed": (AUTHORS_SUFFIX, "\nThe final answer is $\\boxed{"),
+}
+
+PROGRESS_MODES = ("dense", "termination_baseline")
+EPISODE_FALLBACKS = ("paragraphs", "chunks", "none")
+PROVERS = ("policy",)
+
+
+@dataclass
+class MRTConfig(GRPOConfig):
+    r"""
+    Configuration for [`MRTTrainer`]: every [`~trl.GRPOConfig`] field plus the MRT fields below.
+
+    The per-token advantage is `A_t = A(z) + alpha * progress_{j(t)}`, where `progress_j = J_j - J_{j-1}` is the
+    change in the prover's success rate made by the episode `j` that holds token `t`.
+    """
+
+    # Progress bonus
+    alpha: float = field(
+        default=1.0,
+        metadata={"help": "Progress coefficient alpha: weight of the dense progress bonus. 0 turns MRT into GRPO."},
+    )
+    progress_mode: str = field(
+        default="dense",
+        metadata={
+            "help": "How progress enters the advantage. 'dense': GRPO's group-normalised advantage plus "
+            "alpha * progress of the token's episode. 'termination_baseline': the sequence advantage is r - J_0 "
+            "(the prover's success from the prompt alone replaces the group mean), plus the same dense bonus.",
+            "choices": list(PROGRESS_MODES),
+        },
+    )
+    estimate_progress: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run the prover. None: only when it changes the advantages (alpha > 0 or progress_mode is not "
+            "'dense'). True: always, e.g. to log J and regret under plain GRPO."
+        },
+    )
+
+    # Episodes
+    episode_markers: list[str] = field(
+        default_factory=lambda: list(DEFAULT_MARKERS),
+        metadata={"help": "A paragraph that begins with one of these words starts a new episode."},
+    )
+    min_paragraphs_between: int = field(
+        default=1,
+        metadata={"help": "A marker boundary closer than this many paragraphs to the previous one is skipped."},
+    )
+    max_episodes: int = field(
+        default=4,
+        metadata={"help": "At most this many episodes per completion; more are merged evenly."},
+    )
+    episode_fallback: str = field(
+        default="paragraphs",
+        metadata={
+            "help": "Split used when a completion has no marker: 'paragraphs' (then fixed chunks if there is only "
+            "one paragraph), 'chunks', or 'none' (one episode).",
+            "choices": list(EPISODE_FALLBACKS),
+        },
+    )
+    episode_chunk_tokens: int = field(
+        default=64,
+        metadata={"help": "Chunk size in tokens for the fixed-size chunk fallback."},
+    )
+    end_of_thinking_tag: str | None = field(
+        default="auto",
+        metadata={
+            "help": "End-of-thinking tag, e.g. '</think>'. Text after it belongs to the last episode and the tag "
+            "closes the termination suffix. 'auto': '</think>' when the tokenizer has it as a token, else none. "
+            "None or '': no tag."
+        },
+    )
+
+    # Prover mu
+    prover: str = field(
+        default="policy",
+        metadata={
+            "help": "Where mu comes from. 'policy': the current policy through the trainer's own generation.",
+            "choices": list(PROVERS),
+        },
+    )
+    prover_num_samples: int = field(
+        default=4,
+        metadata={"help": "Samples of mu per prefix; J_j is their mean 0/1 reward."},
+    )
+    prover_max_tokens: int = field(
+        default=64,
+        metadata={"help": "Maximum new tokens mu writes after the termination suffix."},
+    )
+    prover_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature of mu. None: the policy's `temperature`."},
+    )
+    termination_suffix: str = field(
+        default="authors",
+        metadata={
+            "help": "Text appended to each prefix to make mu answer now. A preset name ('authors': the paper's "
+            "'Time is up...' suffix; 'boxed': the same ending at '\\boxed{' so mu writes only the answer) or "
+            "literal text."
+        },
+    )
+    prover_stop: list[str] | None = field(
+        default=None,
+        metadata={"help": "Stop strings for mu, e.g. ['}'] with the 'boxed' suffix and integer answers."},
+    )
+    prover_batch_size: int = field(
+        default=64,
+        metadata={"help": "Sequences per prover generate call on the transformers path (bounds memory)."},
+    )
+
+    # Data
+    answer_column: str = field(
+        default="answer",
+        metadata={"help": "Dataset column with the gold answer used to score the policy and mu."},
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Drop (with a warning) training prompts longer than this many tokens. None: keep all."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.episode_markers = list(self.episode_markers or [])
+        if self.end_of_thinking_tag == "":
+            self.end_of_thinking_tag = None
+        _check(self.alpha >= 0 and self.alpha == self.alpha, "alpha", self.alpha, "a number >= 0")
+        _check(self.progress_mode in PROGRESS_MODES, "progress_mode", self.progress_mode, f"one of {PROGRESS_MODES}")
+        _check(self.prover in PROVERS, "prover", self.prover, f"one of {PROVERS}")
+        _check(self.episode_fallback in EPISODE_FALLBACKS, "episode_fallback", self.episode_fallback,
+               f"one of {EPISODE_FALLBACKS}")
+        _check(self.max_episodes >= 1, "max_episodes", self.max_episodes, ">= 1")
+        _check(self.min_paragraphs_between >= 0, "min_paragraphs_between", self.min_paragraphs_between, ">= 0")
+        _check(self.episode_chunk_tokens >= 1, "episode_chunk_tokens", self.episode_chunk_tokens, ">= 1")
+        _check(self.prover_num_samples >= 1, "prover_num_samples", self.prover_num_samples, ">= 1")
+        _check(self.prover_max_tokens >= 1, "prover_max_tokens", self.prover_max_tokens, ">= 1")
+        _check(self.prover_batch_size >= 1, "prover_batch_size", self.prover_batch_size, ">= 1")
+        _check(self.prover_temperature is None or self.prover_temperature > 0, "prover_temperature",
+               self.prover_temperature, "None or > 0")
+        _check(bool(self.termination_suffix), "termination_suffix", self.termination_suffix,
+               f"a preset {tuple(SUFFIX_PRESETS)} or non-empty text")
+        _check(bool(self.answer_column), "answer_column", self.answer_column, "a column name")
+        _check(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
+               self.max_prompt_length, "None or >= 1")
+        _check(all(isinstance(m, str) and m.strip() for m in self.episode_markers), "episode_markers",
+               self.episode_markers, "non-empty strings")
+        if self.estimate_progress is False:
+            _check(self.alpha == 0 and self.progress_mode == "dense", "estimate_progress", False,
+                   "True or None while alpha > 0 or progress_mode != 'dense' (they need the prover)")
+
+    @property
+    def runs_prover(self) -> bool:
+        if self.estimate_progress is not None:
+            return self.estimate_progress
+        return self.alpha > 0 or self.progress_mode != "dense"
+
+
+def _check(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"MRTConfig.{name} = {value!r} is invalid: expected {expected}.")

@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+
+from mrt.progress import episode_bonus, progress, regret, termination_advantages, token_advantages
+
+
+def test_progress_is_the_change_in_success_and_sums_to_outcome_minus_j0():
+    js = [0.25, 0.5, 0.25, 1.0]
+    assert progress(js) == [0.25, -0.25, 0.75]
+    assert math.isclose(sum(progress(js)), js[-1] - js[0])
+
+
+def test_episode_bonus_places_each_episode_value_on_its_tokens_and_zero_on_padding():
+    bonus = episode_bonus([[2, 5], [3]], [[0.5, -0.25], [1.0]], length=6)
+    assert bonus.tolist() == [
+        [0.5, 0.5, -0.25, -0.25, -0.25, 0.0],
+        [1.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+    ]
+
+
+def test_episode_bonus_rejects_mismatched_rows():
+    with pytest.raises(ValueError, match="row 0"):
+        episode_bonus([[2, 5]], [[0.5]], length=6)
+
+
+def test_token_advantages_constructed_case():
+    # Two completions of one group: A(z) = [+1, -1]; episodes end at [2, 4] and [1, 4].
+    sequence = torch.tensor([1.0, -1.0])
+    bonus = episode_bonus([[2, 4], [1, 4]], [[0.5, 0.5], [-0.25, 0.0]], length=4)
+    adv = token_advantages(sequence, bonus, alpha=2.0)
+    assert adv.shape == (2, 4)
+    assert adv.tolist() == [[2.0, 2.0, 2.0, 2.0], [-1.5, -1.0, -1.0, -1.0]]
+
+
+def test_alpha_zero_is_grpo_exactly():
+    sequence = torch.randn(8)
+    bonus = torch.randn(8, 5)
+    adv = token_advantages(sequence, bonus, alpha=0.0)
+    assert torch.equal(adv, sequence.unsqueeze(1).expand(8, 5))
+
+
+def test_token_advantages_checks_shapes():
+    with pytest.raises(ValueError, match="expected advantages"):
+        token_advantages(torch.zeros(2, 3), torch.zeros(2, 3), alpha=1.0)
+
+
+def test_termination_advantages_use_j0_as_baseline():
+    assert termination_advantages([1.0, 0.0], [0.25, 0.5]).tolist() == [0.75, -0.5]
+
+
+def test_regret_of_hand_worked_curves():
+    assert regret([1.0, 1.0, 1.0], [10, 20]) == 0.0  # right from the start
+    assert regret([0.0, 0.0, 0.0], [10, 20]) == 1.0  # never right
+    # J_0 = 0 over the first 10 tokens, J_1 = 1 over the last 30: area 30/40.
+    assert regret([0.0, 1.0, 1.0], [10, 40]) == pytest.approx(0.25)
+    assert regret([0.5, 1.0], []) == 0.5  # empty completion: only J_0

@@ -1,0 +1,175 @@
+"""MRTTrainer on a tiny random model with the real SmolLM2 tokenizer (fast, CPU)."""
+
+import logging
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from mrt import MRTConfig, MRTTrainer
+from mrt.data import arithmetic_dataset
+from mrt.progress import progress
+
+COMMON = dict(
+    use_cpu=True, bf16=False, report_to="none", gradient_checkpointing=False, save_strategy="no",
+    per_device_train_batch_size=4, num_generations=2, max_completion_length=12, logging_steps=1,
+    learning_rate=1e-2, beta=0.0, seed=0, dataloader_num_workers=0,
+)
+MRT = dict(prover_num_samples=2, prover_max_tokens=3, episode_chunk_tokens=4, max_episodes=3)
+
+
+def mrt_trainer(model_path, tmp_path, dataset=None, eval_dataset=None, **overrides):
+    args = MRTConfig(output_dir=str(tmp_path / "out"), **{**COMMON, **MRT, **overrides})
+    return MRTTrainer(model=model_path, args=args, train_dataset=dataset or arithmetic_dataset(16, seed=0),
+                      eval_dataset=eval_dataset)
+
+
+def one_batch(trainer):
+    """Score one generation batch as training would, and return TRL's output dict."""
+    trainer.model.train()
+    rows = [trainer.train_dataset[i] for i in range(2) for _ in range(trainer.num_generations)]
+    return trainer._generate_and_score_completions(rows)
+
+
+def expected_advantages(record, alpha, length):
+    rows = []
+    for ends, js, seq in zip(record.ends, record.j_values, record.sequence_advantages.tolist()):
+        prog = progress(js)[:len(ends)]
+        row, start = [0.0] * length, 0
+        for end, value in zip(ends, prog):
+            for t in range(start, min(end, length)):
+                row[t] = alpha * value
+            start = end
+        rows.append([seq + v for v in row])
+    return torch.tensor(rows)
+
+
+def test_two_steps_train_and_log_mrt_metrics(tiny_model_path, tmp_path):
+    trainer = mrt_trainer(tiny_model_path, tmp_path, max_steps=2)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert changed, "no parameter changed after two MRT steps"
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    for name in ("episodes", "J_0", "J_final", "progress", "progress_abs", "frac_positive_progress",
+                 "prover_requests", "prover_tokens", "prover_seconds", "prover_step_share", "regret"):
+        assert f"mrt/{name}" in logged, f"mrt/{name} not logged"
+    assert trainer.state.global_step == 2
+
+
+def test_advantages_are_sequence_advantage_plus_alpha_times_progress(tiny_model_path, tmp_path):
+    trainer = mrt_trainer(tiny_model_path, tmp_path, alpha=0.5)
+    output = one_batch(trainer)
+    record = trainer.last_progress
+    adv = output["advantages"]
+    assert adv.shape == output["completion_ids"].shape
+    assert len(record.ends) == adv.size(0)
+    for ends, js in zip(record.ends, record.j_values):
+        assert 1 <= len(ends) <= 3 and len(js) == len(ends) + 1
+        assert all(0.0 <= j <= 1.0 for j in js)
+    assert torch.allclose(adv, expected_advantages(record, 0.5, adv.size(1)))
+    assert torch.equal(record.sequence_advantages, record.grpo_advantages)  # dense mode keeps GRPO's A(z)
+
+
+def test_alpha_zero_gives_grpo_advantages_exactly(tiny_model_path, tmp_path):
+    trainer = mrt_trainer(tiny_model_path, tmp_path, alpha=0.0, estimate_progress=True)
+    output = one_batch(trainer)
+    grpo = trainer.last_progress.grpo_advantages
+    assert torch.equal(output["advantages"], grpo.unsqueeze(1).expand_as(output["advantages"]))
+
+
+def test_alpha_zero_trains_exactly_like_grpo(tiny_model_path, tmp_path):
+    dataset = arithmetic_dataset(16, seed=0)
+    grpo_args = GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=1, **COMMON)
+    grpo = GRPOTrainer(model=tiny_model_path, reward_funcs=mrt_reward(), args=grpo_args, train_dataset=dataset)
+    grpo.train()
+    mrt = mrt_trainer(tiny_model_path, tmp_path, dataset=dataset, alpha=0.0, max_steps=1)
+    mrt.train()
+    for (name, a), b in zip(grpo.model.named_parameters(), mrt.model.parameters()):
+        assert torch.equal(a, b), name
+
+
+def mrt_reward():
+    from mrt.rewards import make_accuracy_reward
+
+    return make_accuracy_reward("answer")
+
+
+def test_termination_baseline_uses_outcome_minus_j0(tiny_model_path, tmp_path):
+    trainer = mrt_trainer(tiny_model_path, tmp_path, progress_mode="termination_baseline", alpha=1.0)
+    one_batch(trainer)
+    record = trainer.last_progress
+    expected = torch.tensor([js[-1] - js[0] for js in record.j_values])
+    assert torch.allclose(record.sequence_advantages, expected)
+
+
+def test_missing_answer_column_fails_at_start_naming_columns(tiny_model_path, tmp_path):
+    dataset = arithmetic_dataset(8, seed=0).remove_columns("answer")
+    with pytest.raises(ValueError) as error:
+        mrt_trainer(tiny_model_path, tmp_path, dataset=dataset)
+    assert "answer" in str(error.value) and "problem" in str(error.value)
+
+
+def test_unparsable_gold_is_unscorable_with_zero_advantage(tiny_model_path, tmp_path):
+    dataset = arithmetic_dataset(16, seed=0)
+    dataset = dataset.map(lambda row, i: {"answer": "???" if i % 2 == 0 else row["answer"]}, with_indices=True)
+    trainer = mrt_trainer(tiny_model_path, tmp_path, dataset=dataset, max_steps=1)
+    output = one_batch(trainer)  # rows 0 (unparsable) and 1
+    record = trainer.last_progress
+    assert record.scorable == [False, False, True, True]
+    assert torch.all(output["advantages"][:2] == 0)
+    assert trainer._metrics["train"]["mrt/unscorable"][-1] == 2
+    trainer.train()  # training goes on
+    assert trainer.state.global_step == 1
+
+
+def test_truncated_and_markerless_completions_still_get_episodes(tiny_model_path, tmp_path):
+    # The random model almost never stops or writes a marker: completions are cut at the limit.
+    trainer = mrt_trainer(tiny_model_path, tmp_path, max_completion_length=8, mask_truncated_completions=True)
+    output = one_batch(trainer)
+    assert output["completion_mask"].sum() == 0  # every completion was truncated and masked by TRL
+    assert all(ends and ends[-1] == 8 for ends in trainer.last_progress.ends)
+    assert torch.isfinite(output["advantages"]).all()
+
+
+def test_empty_completion_has_no_episode_and_no_crash(tiny_model_path, tmp_path):
+    # Forcing the end-of-turn token first gives completions with no text at all.
+    trainer = mrt_trainer(tiny_model_path, tmp_path, max_completion_length=1,
+                          generation_kwargs={"forced_eos_token_id": None, "begin_suppress_tokens": None,
+                                             "min_new_tokens": 0})
+    eos = trainer.eos_token_ids[0]
+    trainer.generation_config.forced_bos_token_id = eos  # first generated token is EOS
+    output = one_batch(trainer)
+    texts = trainer._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
+    assert all(t == "" for t in texts)
+    record = trainer.last_progress
+    assert all(len(ends) <= 1 for ends in record.ends)
+    assert torch.isfinite(output["advantages"]).all()
+
+
+def test_long_prompts_are_dropped_with_a_warning(tiny_model_path, tmp_path, caplog):
+    dataset = arithmetic_dataset(8, seed=0)
+    long = {"problem": "x", "answer": "1",
+            "prompt": [{"role": "user", "content": "What is 1 + 0? " + "Think hard. " * 200}]}
+    dataset = Dataset.from_list([long] + [dict(dataset[i]) for i in range(len(dataset))])
+    with caplog.at_level(logging.WARNING):
+        trainer = mrt_trainer(tiny_model_path, tmp_path, dataset=dataset, max_prompt_length=200)
+    assert len(trainer.train_dataset) == 8
+    assert "Dropped 1 of 9" in caplog.text
+    with pytest.raises(ValueError, match="max_prompt_length=5"):
+        mrt_trainer(tiny_model_path, tmp_path, dataset=dataset, max_prompt_length=5)
+
+
+def test_eval_batches_get_the_bonus_too(tiny_model_path, tmp_path):
+    trainer = mrt_trainer(tiny_model_path, tmp_path, eval_dataset=arithmetic_dataset(4, seed=1),
+                          per_device_eval_batch_size=4, eval_strategy="no")
+    metrics = trainer.evaluate()
+    assert "eval_mrt/J_0" in metrics and "eval_mrt/episodes" in metrics
+    assert metrics["eval_mrt/episodes"] >= 1
+
+
+def test_grpo_config_is_refused_with_a_clear_message(tiny_model_path, tmp_path):
+    args = GRPOConfig(output_dir=str(tmp_path), **COMMON)
+    with pytest.raises(TypeError, match="MRTConfig"):
+        MRTTrainer(model=tiny_model_path, args=args, train_dataset=arithmetic_dataset(4))
