@@ -19,10 +19,15 @@ COMMON = dict(
 MRT = dict(prover_num_samples=2, prover_max_tokens=3, episode_chunk_tokens=4, max_episodes=3)
 
 
-def mrt_trainer(model_path, tmp_path, dataset=None, eval_dataset=None, **overrides):
+def mrt_trainer(model_path, tmp_path, dataset=None, eval_dataset=None, reward_funcs=None, **overrides):
     args = MRTConfig(output_dir=str(tmp_path / "out"), **{**COMMON, **MRT, **overrides})
     return MRTTrainer(model=model_path, args=args, train_dataset=dataset or arithmetic_dataset(16, seed=0),
-                      eval_dataset=eval_dataset)
+                      eval_dataset=eval_dataset, reward_funcs=reward_funcs)
+
+
+def length_reward(completions, **kwargs):
+    """Varies between completions, so that a random model gets a non-zero GRPO advantage."""
+    return [float(len(c[0]["content"] if isinstance(c, list) else c)) for c in completions]
 
 
 def one_batch(trainer):
@@ -46,7 +51,7 @@ def expected_advantages(record, alpha, length):
 
 
 def test_two_steps_train_and_log_mrt_metrics(tiny_model_path, tmp_path):
-    trainer = mrt_trainer(tiny_model_path, tmp_path, max_steps=2)
+    trainer = mrt_trainer(tiny_model_path, tmp_path, max_steps=2, reward_funcs=[mrt_reward(), length_reward])
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
@@ -135,11 +140,12 @@ def test_truncated_and_markerless_completions_still_get_episodes(tiny_model_path
 
 def test_empty_completion_has_no_episode_and_no_crash(tiny_model_path, tmp_path):
     # Forcing the end-of-turn token first gives completions with no text at all.
-    trainer = mrt_trainer(tiny_model_path, tmp_path, max_completion_length=1,
-                          generation_kwargs={"forced_eos_token_id": None, "begin_suppress_tokens": None,
-                                             "min_new_tokens": 0})
-    eos = trainer.eos_token_ids[0]
-    trainer.generation_config.forced_bos_token_id = eos  # first generated token is EOS
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    others = [i for i in range(len(tok)) if i != tok.eos_token_id]
+    trainer = mrt_trainer(tiny_model_path, tmp_path, max_completion_length=2,
+                          generation_kwargs={"suppress_tokens": others})
     output = one_batch(trainer)
     texts = trainer._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
     assert all(t == "" for t in texts)
