@@ -1,94 +1,150 @@
-"""Datasets: loading with column mapping, chat prompts, and the built-in arithmetic task."""
+"""Datasets: chat prompts with a gold answer, column mapping, and the built-in arithmetic task."""
 
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+import datasets
+from datasets import Dataset
 
 SYSTEM_PROMPT = (
-    "You are a careful math assistant. Think step by step, then give the final answer "
+    "You are a careful math assistant. Reason step by step, then give the final answer "
     "in the form \\boxed{answer}."
 )
+
 _FILE_TYPES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _OPS = ("+", "-", "*")
+_TEST_SEED_OFFSET = 1_000_003  # built-in task: splits other than "train" draw from another seed
 
 
 def format_prompt(problem: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict]:
+    """A conversational prompt: the system prompt (if any), then the problem as the user turn."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": problem}]
 
 
+# ---------------------------------------------------------------- built-in arithmetic task
+
+
 def _expression(rng: random.Random, difficulty: int) -> str:
-    if difficulty <= 1:
+    op = lambda: rng.choice(_OPS)  # noqa: E731
+    if difficulty == 1:
         return f"{rng.randint(0, 20)} + {rng.randint(0, 20)}"
     if difficulty == 2:
-        a, b, c = rng.randint(1, 20), rng.randint(1, 20), rng.randint(1, 12)
-        return f"{a} {rng.choice(_OPS)} {b} {rng.choice(_OPS)} {c}"
-    a, b, c, d = (rng.randint(2, 99) for _ in range(4))
-    return f"({a} {rng.choice(_OPS)} {b}) {rng.choice(_OPS)} {c} {rng.choice(_OPS)} {d}"
+        a, b, c = (rng.randint(1, 20) for _ in range(3))
+        return f"{a} {op()} {b} {op()} {c}"
+    a, b, c, d = (rng.randint(10, 99) for _ in range(4))
+    template = rng.choice(["({a} {o1} {b}) {o2} ({c} {o3} {d})", "({a} {o1} {b} {o2} {c}) {o3} {d}",
+                           "{a} {o1} ({b} {o2} ({c} {o3} {d}))"])
+    return template.format(a=a, b=b, c=c, d=d, o1=op(), o2=op(), o3=op())
 
 
-def arithmetic_dataset(num_problems: int = 256, seed: int = 0, difficulty: int = 1,
+def arithmetic_dataset(num_problems: int = 256, seed: int = 0, difficulty: int = 1, *,
                        system_prompt: str | None = SYSTEM_PROMPT) -> Dataset:
-    """Seeded arithmetic problems: 1 = a + b, 2 = two operations, 3 = three operations with parentheses."""
+    """Seeded arithmetic problems ("What is 7 + 5?") with exact integer answers.
+
+    difficulty 1: a + b with small integers; 2: two operations among +, -, *; 3: three operations on
+    two-digit numbers with parentheses. Columns: "prompt" (conversational), "problem", "answer".
+    """
     if difficulty not in (1, 2, 3):
         raise ValueError(f"arithmetic difficulty must be 1, 2 or 3, got {difficulty!r}")
+    if num_problems < 0:
+        raise ValueError(f"num_problems must be >= 0, got {num_problems}")
     rng = random.Random(f"arithmetic-{difficulty}-{seed}")
     rows = []
     for _ in range(num_problems):
         expression = _expression(rng, difficulty)
         problem = f"What is {expression}?"
-        answer = str(eval(expression, {"__builtins__": {}}))  # our own digits and operators only
-        rows.append({"prompt": format_prompt(problem, system_prompt), "problem": problem, "answer": answer})
+        answer = eval(expression, {"__builtins__": {}})  # only digits, + - * and parentheses written above
+        prompt = format_prompt(problem, system_prompt)
+        rows.append({"prompt": prompt, "problem": problem, "answer": str(answer)})
+    if not rows:
+        return Dataset.from_dict({"prompt": [], "problem": [], "answer": []})
     return Dataset.from_list(rows)
 
 
+# ---------------------------------------------------------------- loading
+
+
 def require_columns(dataset, columns: Sequence[str], what: str = "dataset") -> None:
-    """Raise a ValueError naming the missing columns and the ones present."""
-    present = list(dataset.column_names or [])
+    """Raise a ValueError at once if `dataset` lacks any of `columns`, naming the missing columns and
+    the ones present. Datasets that do not know their columns (some streamed ones) pass."""
+    present = dataset.column_names
+    if isinstance(present, dict):  # DatasetDict: check every split
+        for name, split in dataset.items():
+            require_columns(split, columns, what=f"{what} (split {name!r})")
+        return
+    if present is None:
+        return
     missing = [c for c in columns if c not in present]
     if missing:
-        raise ValueError(f"The {what} has no column {', '.join(map(repr, missing))}; its columns are {present}. "
-                         "Map them with problem_column / answer_column.")
+        raise ValueError(
+            f"The {what} has no column {', '.join(map(repr, missing))}; its columns are {list(present)}. "
+            "Map them with problem_column / answer_column."
+        )
+
+
+def _local_files(folder: Path, split: str) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix in _FILE_TYPES and p.is_file())
+    if not files:
+        raise ValueError(f"No .json, .jsonl or .parquet files in {folder}")
+    # Prefer files named after the split: train.jsonl, train-00000-of-00001.parquet, ...
+    named = [p for p in files if re.match(rf"{re.escape(split)}([-_.]|$)", p.stem)]
+    return named or files
 
 
 def _read(source: str, split: str) -> Dataset:
     path = Path(source)
     if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.suffix in _FILE_TYPES)
-        if not files:
-            raise ValueError(f"No .json, .jsonl or .parquet files in {source}")
-        return load_dataset(_FILE_TYPES[Path(files[0]).suffix], data_files=files, split="train")
-    if path.suffix in _FILE_TYPES:
+        files = _local_files(path, split)
+    elif path.suffix in _FILE_TYPES:
         if not path.exists():
             raise FileNotFoundError(f"Dataset file not found: {source}")
-        return load_dataset(_FILE_TYPES[path.suffix], data_files=str(path), split="train")
-    return load_dataset(source, split=split)
+        files = [path]
+    else:
+        return datasets.load_dataset(source, split=split)
+    kinds = {_FILE_TYPES[p.suffix] for p in files}
+    if len(kinds) > 1:
+        raise ValueError(f"{source} mixes file types {sorted(kinds)}; keep one kind per folder")
+    return datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
+
+
+def _is_conversation(value) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value)
 
 
 def load_problems(source: str, split: str = "train", problem_column: str = "problem",
                   answer_column: str = "answer", system_prompt: str | None = SYSTEM_PROMPT,
                   num_problems: int | None = None, seed: int = 0) -> Dataset:
-    """Load problems as chat prompts with a gold answer.
+    """Problems as conversational prompts with a gold answer.
 
-    `source` is `arithmetic[:difficulty]` (built in; the test split uses other seeds than the train split), a
-    local .json/.jsonl/.parquet file or folder, or a hub dataset name. The result has a conversational `prompt`
-    column, the gold in `answer_column` (as a string), and the original columns.
+    source: "arithmetic" or "arithmetic:<difficulty>" (built in; splits other than "train" use other
+    problems), a local .json/.jsonl/.parquet file or a folder of them (files named after `split` are
+    preferred), or else a hub dataset passed to `datasets.load_dataset(source, split=split)`.
+
+    Returns the original columns plus "prompt" (built from `problem_column` and the system prompt; a
+    column that already holds conversations is kept as is) and "answer" (the gold from
+    `answer_column`, as a string). num_problems: shuffle with `seed` and keep that many.
     """
     if source == "arithmetic" or source.startswith("arithmetic:"):
         difficulty = int(source.partition(":")[2] or 1)
-        split_seed = seed if split == "train" else seed + 1_000_003
-        return arithmetic_dataset(num_problems or 256, seed=split_seed, difficulty=difficulty,
-                                  system_prompt=system_prompt)
-    dataset = _read(source, split)
+        split_seed = seed if split == "train" else seed + _TEST_SEED_OFFSET
+        dataset = arithmetic_dataset(256 if num_problems is None else num_problems, seed=split_seed,
+                                     difficulty=difficulty, system_prompt=system_prompt)
+        num_problems = None  # already exactly that many
+    else:
+        dataset = _read(source, split)
     require_columns(dataset, [problem_column, answer_column], what=f"dataset {source!r}")
     if num_problems is not None:
         dataset = dataset.shuffle(seed=seed).select(range(min(num_problems, len(dataset))))
 
-    def to_row(row):
-        problem = row[problem_column]
-        prompt = problem if isinstance(problem, list) else format_prompt(str(problem), system_prompt)
-        return {"prompt": prompt, answer_column: str(row[answer_column])}
-
-    return dataset.map(to_row)
+    problems = dataset[problem_column]
+    prompts = [p if _is_conversation(p) else format_prompt(str(p), system_prompt) for p in problems]
+    answers = ["" if a is None else str(a) for a in dataset[answer_column]]
+    # Add new columns and drop the old ones (map would cast the new strings back to an old integer
+    # "answer" type); temporary names, because removing every column first would lose the row count.
+    replaced = [c for c in ("prompt", "answer") if c in dataset.column_names]
+    dataset = dataset.add_column("_mrt_prompt", prompts).add_column("_mrt_answer", answers)
+    dataset = dataset.remove_columns(replaced)
+    return dataset.rename_columns({"_mrt_prompt": "prompt", "_mrt_answer": "answer"})

@@ -1,36 +1,44 @@
 """0/1 correctness reward: math-verify on the last answer of a text.
 
 Time bound. math-verify's own timeouts (`parse(parsing_timeout=...)`, `verify(timeout_seconds=...)`)
-use `signal.alarm`, so they only work in the main thread (elsewhere math-verify raises ValueError),
-and they reset any alarm the caller had set. Without a timeout, short answers can hang for minutes
-(`\\boxed{9^{9^{9}}}` against gold 12 never finishes verify), so caps on the input are not enough.
-This module therefore:
+use `signal.alarm`: they only work in the main thread (elsewhere math-verify raises ValueError), they
+apply per comparison rather than per call, and they cancel any alarm the caller had set. Without a
+timeout, short answers hang: `\\boxed{9^{9^{9}}}` against gold 12 never finishes `verify` (sympy
+computes 9**387420489 exactly, one long C call that no Python-level interrupt can stop). So:
 
-1. caps the input: only the last `\\boxed{...}` is read (at most MAX_ANSWER_CHARS characters and
-   MAX_DEPTH levels of brackets, else the answer counts as unparsable); without a box only the last
-   MAX_TAIL_CHARS characters are searched;
-2. runs math-verify with its own timeouts off and bounds every public call with `_bounded`: a
-   watchdog thread that, once TIMEOUT_SECONDS have passed, raises `_Deadline` inside the scoring
-   thread (`PyThreadState_SetAsyncExc`, the per-thread counterpart of a signal). It works in the
-   main thread and in worker threads alike. Like a signal, it interrupts Python code only, not one
-   long C call; the caps keep those short.
+1. Input caps: only the last `\\boxed{...}` is read, and it counts as unparsable past
+   MAX_ANSWER_CHARS characters or MAX_DEPTH levels of brackets (parsing time grows fast with
+   nesting); without a box only the last MAX_TAIL_CHARS characters are searched.
+2. Size screen: a parsed answer whose exact value would need more than MAX_BITS bits
+   (towers of powers, huge factorials) counts as unparsable, because evaluating it is one long C call.
+3. Deadline: math-verify runs with its own timeouts off, and each public call is bounded by
+   TIMEOUT_SECONDS as a whole (score: the answer's parse and verify together; the gold's parse,
+   cached, once more). In the main thread a SIGALRM timer (`setitimer`) raises `_Deadline`;
+   the previous handler and any pending timer are put back afterwards. In other threads a watchdog
+   thread raises `_Deadline` inside the scoring thread with `PyThreadState_SetAsyncExc` (CPython),
+   again every _RETRY_SECONDS until the call returns. A timed-out call scores 0.0 (its answer: []).
 """
 
 import ctypes
+import math
 import re
+import signal
 import threading
+import time
 from collections.abc import Callable
 from functools import lru_cache
 
 import math_verify
 import math_verify.grader
 import math_verify.parser
+import sympy
 
 TIMEOUT_SECONDS = 3.0  # wall-clock bound of one parse_gold / parse_answer / score call
 MAX_ANSWER_CHARS = 1000  # longest \boxed{} content that is parsed
-MAX_DEPTH = 10  # deepest bracket nesting in an answer that is parsed (deep nesting parses very slowly)
+MAX_DEPTH = 10  # deepest bracket nesting in an answer that is parsed
 MAX_TAIL_CHARS = 2000  # without a \boxed{}, only this many final characters are searched
-_RETRY_SECONDS = 0.05  # after the deadline, interrupt again this often until the call returns
+MAX_BITS = 2**18  # largest exact number (in bits) an answer may evaluate to
+_RETRY_SECONDS = 0.05  # after the deadline, the watchdog interrupts again this often
 
 # We pass timeouts of None on purpose (see above); skip math-verify's warning about it.
 math_verify.parser.TIMEOUT_WARNING_SHOWN = True
@@ -41,7 +49,7 @@ _WRAPPED = re.compile(r"\$|\\boxed|\\fbox|\\\(|\\\[")
 
 
 class _Deadline(BaseException):
-    """Raised inside a call that ran past TIMEOUT_SECONDS (BaseException: libraries do not catch it)."""
+    """Raised inside a call that ran past TIMEOUT_SECONDS (a BaseException, so libraries let it through)."""
 
 
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
@@ -50,10 +58,44 @@ _set_async_exc.restype = ctypes.c_int
 
 
 def _bounded(fn, default, *args):
-    """fn(*args), or `default` if it runs longer than TIMEOUT_SECONDS. Safe from any thread."""
+    """fn(*args), or `default` if that takes longer than TIMEOUT_SECONDS. Safe from any thread."""
     seconds = TIMEOUT_SECONDS
     if not seconds or seconds <= 0:
         return fn(*args)
+    if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+        try:
+            old_handler = signal.signal(signal.SIGALRM, _raise_deadline)
+        except ValueError:  # not the main interpreter
+            pass
+        else:
+            return _with_alarm(seconds, old_handler, fn, default, args)
+    return _with_watchdog(seconds, fn, default, args)
+
+
+def _raise_deadline(signum, frame):
+    raise _Deadline()
+
+
+def _with_alarm(seconds, old_handler, fn, default, args):
+    start = time.monotonic()
+    old_delay, old_interval = 0.0, 0.0
+    try:
+        try:
+            old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+            return fn(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Deadline:
+        # The timer is one-shot: once it has fired, nothing interrupts the cleanup below.
+        return default
+    finally:
+        signal.signal(signal.SIGALRM, old_handler)
+        if old_delay > 0:  # give back the timer someone else had set, minus the time we used
+            left = max(old_delay - (time.monotonic() - start), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, old_interval)
+
+
+def _with_watchdog(seconds, fn, default, args):
     tid = threading.get_ident()
     lock = threading.Lock()
     finished = [False]
@@ -63,7 +105,7 @@ def _bounded(fn, default, *args):
         if wake.wait(seconds):
             return
         while True:
-            # The lock makes "still running? then interrupt" atomic against the caller finishing.
+            # Under the lock, "still running? then interrupt" cannot race with the caller finishing.
             with lock:
                 if finished[0]:
                     return
@@ -82,6 +124,69 @@ def _bounded(fn, default, *args):
             wake.set()
     except _Deadline:
         return default
+
+
+# ---------------------------------------------------------------- size screen
+
+_FACTORIAL_LIKE = (
+    sympy.factorial,
+    sympy.factorial2,
+    sympy.subfactorial,
+    sympy.gamma,
+    sympy.binomial,
+    sympy.RisingFactorial,
+    sympy.FallingFactorial,
+    sympy.fibonacci,
+    sympy.lucas,
+)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _log2_size(expr) -> float | None:
+    """Upper bound on log2 |value| of a numeric sympy expression (None if it has symbols).
+    Raises _TooBig when any part would evaluate to more than MAX_BITS bits."""
+    sizes = [_log2_size(arg) for arg in expr.args]
+    if expr.is_Rational:
+        size = max(math.log2(abs(expr.p)) if expr.p else 0.0, math.log2(expr.q))
+    elif expr.is_Number or expr.is_NumberSymbol or expr is sympy.I:
+        # floats and constants such as pi: evaluated approximately, so their magnitude is what counts
+        value = abs(complex(expr)) if expr.is_finite else 0.0
+        size = max(math.log2(value), 0.0) if value else 0.0
+    elif None in sizes or not sizes:
+        return None
+    elif expr.is_Add:
+        size = max(sizes) + math.log2(len(sizes))
+    elif expr.is_Mul:
+        size = sum(sizes)
+    elif expr.is_Pow:
+        base, exponent = sizes
+        size = base * 2.0 ** min(exponent, 1000.0) if base > 0 else 0.0
+    elif isinstance(expr, _FACTORIAL_LIKE):
+        n = 2.0 ** min(max(sizes), 1000.0)
+        size = n * max(math.log2(n), 1.0)
+    elif isinstance(expr, sympy.exp):
+        size = 1.5 * 2.0 ** min(sizes[0], 1000.0)
+    else:
+        size = max(sizes)
+    if size > MAX_BITS:
+        raise _TooBig()
+    return size
+
+
+def _too_big(answer: list) -> bool:
+    try:
+        for item in answer:
+            if isinstance(item, sympy.MatrixBase):
+                for element in item:
+                    _log2_size(element)
+            elif isinstance(item, sympy.Basic):
+                _log2_size(item)
+    except (_TooBig, RecursionError, OverflowError):
+        return True
+    return False
 
 
 # ---------------------------------------------------------------- answers
@@ -130,11 +235,13 @@ def _parse(text: str) -> list:
 def _parse_answer_raw(text: str) -> list:
     box = _last_box(text)
     if box is None:
-        return _parse(text[-MAX_TAIL_CHARS:])
-    content = box[1].strip()
-    if not content or len(content) > MAX_ANSWER_CHARS or _nesting(content) > MAX_DEPTH:
-        return []
-    return _parse("\\boxed{" + content + "}")
+        answer = _parse(text[-MAX_TAIL_CHARS:])
+    else:
+        content = box[1].strip()
+        if not content or len(content) > MAX_ANSWER_CHARS or _nesting(content) > MAX_DEPTH:
+            return []
+        answer = _parse("\\boxed{" + content + "}")
+    return [] if _too_big(answer) else answer
 
 
 def parse_answer(text: str) -> list:
@@ -237,7 +344,8 @@ def make_accuracy_reward(answer_column: str = "answer") -> Callable:
         golds = kwargs[answer_column]
         if len(golds) != len(completions):
             raise ValueError(
-                f"accuracy reward: {len(completions)} completions but {len(golds)} values in {answer_column!r}"
+                f"accuracy reward: {len(completions)} completions but {len(golds)} values "
+                f"in {answer_column!r}"
             )
         return [score(_completion_text(c), g) for c, g in zip(completions, golds)]
 

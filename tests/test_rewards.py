@@ -1,0 +1,225 @@
+"""The math-verify 0/1 reward: answers, golds, last-answer-wins, TRL signature, time bounds."""
+
+import signal
+import threading
+import time
+
+import pytest
+
+from mrt import rewards
+from mrt.rewards import (
+    accuracy_reward,
+    make_accuracy_reward,
+    parse_answer,
+    parse_gold,
+    score,
+    score_continuation,
+)
+
+# ---------------------------------------------------------------- correctness
+
+
+def test_correct_incorrect_and_missing_answer():
+    assert score("7 + 5 = 12, so the answer is \\boxed{12}.", "12") == 1.0
+    assert score("7 + 5 = 13, so the answer is \\boxed{13}.", "12") == 0.0
+    assert score("I do not know.", "12") == 0.0
+    assert score("", "12") == 0.0
+
+
+@pytest.mark.parametrize("gold", ["12", 12, 12.0, "3/4", "\\frac{1}{2}", "$x=2$", "0.5", "-3", "\\sqrt{2}"])
+def test_parse_gold_accepts_common_forms(gold):
+    assert parse_gold(gold) is not None
+
+
+@pytest.mark.parametrize("gold", ["???", "", "   ", None])
+def test_unparsable_gold_is_unscorable(gold):
+    assert parse_gold(gold) is None
+    assert score("\\boxed{12}", gold) is None
+    assert score_continuation("so \\boxed{", "12}", gold) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "gold"),
+    [
+        ("\\boxed{0.5}", "\\frac{1}{2}"),
+        ("\\boxed{\\frac{1}{2}}", 0.5),
+        ("\\boxed{\\dfrac{3}{4}}", "0.75"),
+        ("\\boxed{12}", "\\boxed{12}"),
+        ("So the total is 12", "\\boxed{12}"),
+        ("\\boxed{12}", 12),
+        ("\\boxed{2}", "$x=2$"),
+        ("\\boxed{1,000}", "1000"),
+    ],
+)
+def test_equivalent_forms_match(text, gold):
+    assert score(text, gold) == 1.0
+
+
+def test_last_boxed_answer_wins():
+    # math-verify alone merges two boxes into the set {3, 7}; only the last box counts here.
+    text = "First \\boxed{3}. Wait, that is wrong: \\boxed{7}"
+    assert score(text, "7") == 1.0
+    assert score(text, "3") == 0.0
+    assert score("The final answer is 5. Hmm, no: \\boxed{7}", "7") == 1.0
+    assert score("The final answer is 5. Hmm, no: \\boxed{7}", "5") == 0.0
+
+
+def test_without_a_box_the_final_number_counts():
+    assert score("First I got 3, then after checking I get 8", "8") == 1.0
+    assert score("First I got 3, then after checking I get 8", "3") == 0.0
+    assert parse_answer("no numbers here") == []
+
+
+def test_box_with_braces_inside_is_read_whole():
+    assert score("\\boxed{\\frac{1}{2}}", "1/2") == 1.0
+    assert score("\\boxed{\\{1, 2\\}}", "\\{1,2\\}") == 1.0
+
+
+# ---------------------------------------------------------------- prover continuations
+
+
+def test_continuation_fills_an_open_box():
+    prefix = "7 + 5 ... Time is up. so the final answer is \\boxed{"
+    assert score_continuation(prefix, "12}", "12") == 1.0
+    assert score_continuation(prefix, "12", "12") == 1.0  # the stop string "}" was cut off
+    assert score_continuation(prefix, "13}", "12") == 0.0
+
+
+def test_continuation_answer_beats_prefix_answer():
+    prefix = "I think it is \\boxed{5}. Time is up.\n"
+    assert score_continuation(prefix, "The answer is \\boxed{6}.", "6") == 1.0
+    assert score_continuation(prefix, "The answer is \\boxed{6}.", "5") == 0.0
+    assert score_continuation(prefix, "So it is 6.", "6") == 1.0  # a bare answer also beats the prefix
+
+
+def test_prefix_answer_counts_when_continuation_has_none():
+    prefix = "I think it is \\boxed{5}. Time is up.\n"
+    assert score_continuation(prefix, "", "5") == 1.0
+    assert score_continuation(prefix + "so the final answer is \\boxed{", "", "5") == 1.0
+    assert score_continuation("Time is up. \\boxed{", "", "5") == 0.0
+
+
+# ---------------------------------------------------------------- TRL reward function
+
+
+def test_reward_function_signature_and_name():
+    reward = make_accuracy_reward("solution")
+    assert reward.__name__ == "accuracy"
+    assert accuracy_reward.__name__ == "accuracy"
+    out = reward(
+        prompts=["p1", "p2", "p3"],
+        completions=["\\boxed{12}", "\\boxed{3}", "\\boxed{1}"],
+        completion_ids=[[1], [2], [3]],
+        solution=["12", "4", "???"],
+        problem=["a", "b", "c"],
+    )
+    assert out == [1.0, 0.0, None]
+
+
+def test_reward_function_reads_conversational_completions():
+    completions = [
+        [{"role": "assistant", "content": "7 + 5 = \\boxed{12}"}],
+        [{"role": "assistant", "content": "\\boxed{11}"}],
+        [{"role": "assistant", "content": [{"type": "text", "text": "\\boxed{12}"}]}],
+    ]
+    prompts = [[{"role": "user", "content": "What is 7 + 5?"}]] * 3
+    rewards_out = accuracy_reward(prompts=prompts, completions=completions, answer=["12", "12", "12"])
+    assert rewards_out == [1.0, 0.0, 1.0]
+
+
+def test_reward_function_missing_column_names_it_and_the_available_ones():
+    reward = make_accuracy_reward("solution")
+    with pytest.raises(KeyError) as error:
+        reward(prompts=["p"], completions=["\\boxed{1}"], answer=["1"], problem=["p"])
+    message = str(error.value)
+    assert "solution" in message and "answer" in message and "problem" in message
+
+
+# ---------------------------------------------------------------- time bounds
+
+ADVERSARIAL = {
+    "power chain": ("\\boxed{" + "9^" * 5000 + "9}", "12"),
+    "nested parens": ("\\boxed{" + "(" * 3000 + "1" + ")" * 3000 + "}", "1"),
+    "200k characters": ("Let me think. 1 + 1 = 2. " * 8000, "12"),
+    "power tower": ("\\boxed{9^{9^{9}}}", "12"),  # exact value has 1.2e9 bits: verify never returns
+    "huge factorial": ("\\boxed{(10^{10})!}", "12"),
+    "slow nested parse": ("$" + "(" * 40 + "1" + ")" * 40 + "$", "2"),  # no box: runs into the deadline
+    "slow expansion": ("\\boxed{(1+x)^{1000000}}", "12"),  # runs into the deadline
+}
+
+
+def _in_thread(fn, *args):
+    result = {}
+
+    def run():
+        start = time.monotonic()
+        result["value"] = fn(*args)
+        result["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "scoring hung in a worker thread"
+    return result["value"], result["seconds"]
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_inputs_are_bounded_in_main_and_worker_threads(name, monkeypatch):
+    monkeypatch.setattr(rewards, "TIMEOUT_SECONDS", 1.0)
+    text, gold = ADVERSARIAL[name]
+    start = time.monotonic()
+    main_value = score(text, gold)
+    main_seconds = time.monotonic() - start
+    thread_value, thread_seconds = _in_thread(score, text, gold)
+    assert main_value == 0.0 and thread_value == 0.0
+    assert main_seconds < 3.0 and thread_seconds < 3.0, (main_seconds, thread_seconds)
+
+
+def test_long_completion_still_scores_its_final_answer():
+    text = "Let me think. 1 + 1 = 2. " * 8000 + "So the answer is \\boxed{12}."
+    assert len(text) > 200_000
+    start = time.monotonic()
+    assert score(text, "12") == 1.0
+    assert _in_thread(score, text, "12")[0] == 1.0
+    assert time.monotonic() - start < 3.0
+
+
+def test_huge_values_are_unparsable_but_moderate_powers_score():
+    assert parse_answer("\\boxed{9^{9^{9}}}") == []
+    assert parse_answer("\\boxed{" + "9" * 5 + "}") != []
+    assert score("\\boxed{2^{10}}", "1024") == 1.0
+    assert score("\\boxed{10!}", "3628800") == 1.0
+
+
+def test_worker_thread_keeps_running_cleanly_after_a_timeout(monkeypatch):
+    monkeypatch.setattr(rewards, "TIMEOUT_SECONDS", 0.5)
+    text, gold = ADVERSARIAL["slow expansion"]
+
+    def timed_out_then_busy():
+        value = score(text, gold)
+        total = 0
+        end = time.monotonic() + 0.3  # a stray late interrupt would land in this loop
+        while time.monotonic() < end:
+            total += 1
+        return value, score("\\boxed{12}", "12")
+
+    (value, after), _ = _in_thread(timed_out_then_busy)
+    assert value == 0.0 and after == 1.0
+
+
+def test_main_thread_restores_alarm_handler_and_pending_timer(monkeypatch):
+    monkeypatch.setattr(rewards, "TIMEOUT_SECONDS", 0.5)
+
+    def handler(signum, frame):
+        raise AssertionError("the caller's alarm must not fire during this test")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 100.0)
+        assert score(*ADVERSARIAL["slow expansion"]) == 0.0  # runs into its own deadline
+        assert score("\\boxed{12}", "12") == 1.0
+        assert signal.getsignal(signal.SIGALRM) is handler
+        assert 95.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 100.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
