@@ -172,7 +172,8 @@ def test_adversarial_inputs_are_bounded_in_main_and_worker_threads(name, monkeyp
     main_seconds = time.monotonic() - start
     thread_value, thread_seconds = _in_thread(score, text, gold)
     assert main_value == 0.0 and thread_value == 0.0
-    assert main_seconds < 3.0 and thread_seconds < 3.0, (main_seconds, thread_seconds)
+    # A bound, not a speed target: a hang would take minutes; an interrupt lands between Python steps.
+    assert main_seconds < 10.0 and thread_seconds < 10.0, (main_seconds, thread_seconds)
 
 
 def test_long_completion_still_scores_its_final_answer():

@@ -48,7 +48,7 @@ def test_yaml_with_command_line_overrides(tiny_model_path, tmp_path):
     args = json.loads((out / "training_args.json").read_text()) if (out / "training_args.json").exists() else None
     rows = logged_metrics(result.stdout + result.stderr)
     assert len(rows) == 2, "expected one log line per step (the override max_steps=2 won over the YAML's 5)"
-    assert all(row["mrt/episodes"] <= 2 for row in rows)  # --max_episodes 2 applied
+    assert all(float(row["mrt/episodes"]) <= 2 for row in rows)  # --max_episodes 2 applied
     assert args is None or args.get("alpha") == 0.5
 
 
