@@ -29,8 +29,8 @@ class MRTScriptArguments(ScriptArguments):
     num_eval_problems: int | None = field(default=None, metadata={"help": "Evaluate on this many test problems."})
 
 
-def main(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig) -> MRTTrainer:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def build_trainer(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig) -> MRTTrainer:
+    """The trainer a config describes: model alias resolved, datasets loaded, PEFT if asked."""
     model = resolve_model(model_args.model_name_or_path)
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
@@ -56,8 +56,13 @@ def main(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: 
         from trl import get_peft_config
 
         peft_config = get_peft_config(model_args)
-    trainer = MRTTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         peft_config=peft_config)
+    return MRTTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                      peft_config=peft_config)
+
+
+def main(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig) -> MRTTrainer:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trainer = build_trainer(script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     return trainer

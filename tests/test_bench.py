@@ -1,0 +1,25 @@
+"""scripts/bench_step.py in smoke mode (1 step each) so that it cannot rot."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_train_script import write_config
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_step.py"
+
+
+def test_bench_prints_the_table_and_the_ratio(tiny_model_path, tmp_path):
+    config = write_config(tmp_path, tiny_model_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--config", str(config), "--bench_steps", "1"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.strip().splitlines()
+    assert float(lines[-1]) > 0
+    table = "\n".join(lines)
+    assert "step time (s)" in table and "prover share of the MRT step" in table
+    requests = next(line for line in lines if line.startswith("prover requests"))
+    asked, unique = (float(x) for x in requests.split()[-3::2])
+    assert 0 < unique <= asked
