@@ -3,6 +3,7 @@
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -58,6 +59,22 @@ def success_rates(batch: ProverBatch, samples: Sequence[Sequence[str]]) -> list[
         scores = [score_continuation(text, c, gold) for c in continuations]
         rates.append(None if any(s is None for s in scores) else sum(scores) / len(scores))
     return rates
+
+
+class Prover(Protocol):
+    """What the trainer asks of mu. Prompts are token ids of the policy's tokenizer (prompt + prefix + suffix)."""
+
+    def generate(self, prompts: list[list[int]], num_samples: int, max_tokens: int, temperature: float,
+                 stop: list[str] | None) -> list[list[list[int]]]:
+        """`num_samples` continuations per prompt, as token ids (a stop string is kept, EOS is not)."""
+
+    def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
+        """log P(answers[i] | prompts[i]) under mu: the sum of the answer tokens' log-probabilities."""
+
+
+def make_prover(trainer) -> Prover:
+    """The prover backend the trainer's config asks for."""
+    return PolicyProver(trainer)
 
 
 class PolicyProver:

@@ -12,7 +12,7 @@ from mrt.config import MRTConfig
 from mrt.data import require_columns
 from mrt.episodes import EpisodeRules, prefix_lengths, split_completion
 from mrt.progress import episode_bonus, progress, regret, termination_advantages, token_advantages
-from mrt.prover import PolicyProver, build_batch, success_rates, termination_suffix
+from mrt.prover import build_batch, make_prover, success_rates, termination_suffix
 from mrt.rewards import make_accuracy_reward, score
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class MRTTrainer(GRPOTrainer):
         )
         self.suffix_text = termination_suffix(args.termination_suffix, tag)
         self.suffix_ids = self._tokenizer(self.suffix_text, add_special_tokens=False)["input_ids"]
-        self.prover = PolicyProver(self)
+        self.prover = make_prover(self)
         self._prover_seconds = 0.0
         self.last_progress: ProgressRecord | None = None
         if args.max_prompt_length is not None and self.train_dataset is not None:
