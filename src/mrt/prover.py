@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 from trl.models.utils import unwrap_model_for_generation
 
 from mrt.config import SUFFIX_PRESETS
@@ -78,11 +78,12 @@ def make_prover(trainer) -> Prover:
 
 
 class PolicyProver:
-    """mu = the current policy through the trainer's own transformers generation.
+    """mu = the current policy through the trainer's own transformers model.
 
-    All requests go through one unwrap-for-generation context, chunked to `prover_batch_size` sequences. Every rank
-    makes the same number of generate calls (ranks with fewer chunks run a one-token dummy call) so that ZeRO-3's
-    collective parameter gathers stay in step.
+    All requests go through one unwrap-for-generation context, in chunks of at most `prover_batch_size` sequences.
+    `generate` reads each prompt once and branches its `num_samples` samples from the cached keys and values;
+    `likelihood` is one teacher-forced pass per chunk. Every rank makes the same number of model calls (ranks with
+    fewer chunks run a tiny dummy chunk) so that ZeRO-3's collective parameter gathers stay in step.
     """
 
     def __init__(self, trainer):
@@ -90,16 +91,46 @@ class PolicyProver:
 
     def generate(self, prompts: list[list[int]], num_samples: int, max_tokens: int, temperature: float,
                  stop: list[str] | None) -> list[list[list[int]]]:
+        config = copy.deepcopy(self.trainer.generation_config)
+        config.max_new_tokens, config.temperature, config.num_return_sequences = max_tokens, temperature, 1
+        dummy = copy.deepcopy(config)
+        dummy.max_new_tokens = 1
+        per_call = max(1, self.trainer.args.prover_batch_size // num_samples)
+
+        def call(model, chunk: list[int] | None) -> list:
+            if chunk is None:
+                self._branch(model, [[self._pad_id] * 2], dummy, 1, None)
+                return []
+            out = self._branch(model, [prompts[i] for i in chunk], config, num_samples, stop)
+            return [out[k * num_samples:(k + 1) * num_samples] for k in range(len(chunk))]
+
+        return self._in_chunks([len(p) for p in prompts], per_call, call)
+
+    def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
+        if any(not a for a in answers):
+            raise ValueError("Every answer needs at least one token to score its likelihood.")
+        pairs = [[*p, *a] for p, a in zip(prompts, answers, strict=True)]
+
+        def call(model, chunk: list[int] | None) -> list:
+            if chunk is None:
+                self._answer_logprobs(model, [[self._pad_id] * 2], [1])
+                return []
+            return self._answer_logprobs(model, [pairs[i] for i in chunk], [len(answers[i]) for i in chunk])
+
+        return self._in_chunks([len(p) for p in pairs], self.trainer.args.prover_batch_size, call)
+
+    @property
+    def _pad_id(self) -> int:
+        return self.trainer._tokenizer.pad_token_id
+
+    def _in_chunks(self, lengths: list[int], per_call: int, call) -> list:
+        """`call(model, indices)` over chunks of items of similar length, inside one unwrap context; results in
+        input order. `call(model, None)` is the dummy call of a rank that has run out of chunks."""
         t, args = self.trainer, self.trainer.args
-        per_call = max(1, args.prover_batch_size // num_samples)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         chunks = [order[k:k + per_call] for k in range(0, len(order), per_call)]
         calls = _max_over_ranks(len(chunks), t.accelerator)
-        config = copy.deepcopy(t.generation_config)
-        config.max_new_tokens, config.temperature, config.num_return_sequences = max_tokens, temperature, num_samples
-        dummy_config = copy.deepcopy(config)
-        dummy_config.max_new_tokens, dummy_config.num_return_sequences = 1, 1
-        results: list = [None] * len(prompts)
+        results: list = [None] * len(lengths)
         with (
             unwrap_model_for_generation(
                 t.model_wrapped, t.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation,
@@ -109,31 +140,55 @@ class PolicyProver:
             torch.no_grad(),
             t._dist.summon_full_params(t.model_wrapped, recurse=False),
         ):
-            for call in range(calls):
-                if call < len(chunks):
-                    chunk = chunks[call]
-                    out = self._generate(model, [prompts[i] for i in chunk], config, stop)
-                    for k, i in enumerate(chunk):
-                        results[i] = out[k * num_samples:(k + 1) * num_samples]
-                else:
-                    self._generate(model, [[t._tokenizer.pad_token_id]], dummy_config, None)
+            for k in range(calls):
+                if k >= len(chunks):
+                    call(model, None)
+                    continue
+                for i, value in zip(chunks[k], call(model, chunks[k]), strict=True):
+                    results[i] = value
         return results
 
-    def _generate(self, model, prompts, config, stop) -> list[list[int]]:
-        t = self.trainer
-        device = t.accelerator.device
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
-        pad_id = t._tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        extra = {"stopping_criteria": StoppingCriteriaList([StopOnText(t._tokenizer, stop, width)])} if stop else {}
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra)
-        eos = {*t.eos_token_ids, t._tokenizer.pad_token_id}  # finished rows are padded
+        device = self.trainer.accelerator.device
+        ids = torch.tensor([[self._pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        return ids, mask
+
+    def _branch(self, model, prompts, config, num_samples, stop) -> list[list[int]]:
+        """Prefill every prompt once, copy its cache `num_samples` times, sample; rows grouped by prompt."""
+        ids, mask = self._left_pad(prompts)
+        width = ids.size(1)
+        cache = DynamicCache(config=model.config)
+        if width > 1:  # all but the last token; generate feeds that one and goes on from the cache
+            model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=_positions(mask)[:, :-1],
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(num_samples)
+        extra = {"stopping_criteria": StoppingCriteriaList([StopOnText(self.trainer._tokenizer, stop, width)])} \
+            if stop else {}
+        out = model.generate(input_ids=ids.repeat_interleave(num_samples, dim=0),
+                             attention_mask=mask.repeat_interleave(num_samples, dim=0),
+                             past_key_values=cache if width > 1 else None, generation_config=config, **extra)
+        eos = {*self.trainer.eos_token_ids, self._pad_id}  # finished rows are padded
         samples = []
         for row in out[:, width:].tolist():
             cut = next((k for k, tok in enumerate(row) if tok in eos), len(row))
             samples.append(row[:cut])
         return samples
+
+    def _answer_logprobs(self, model, sequences, answer_sizes) -> list[float]:
+        """Sum of log-probabilities of each sequence's last `answer_sizes[i]` tokens, in one forward pass."""
+        ids, mask = self._left_pad(sequences)
+        keep = max(answer_sizes) + 1
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                       logits_to_keep=keep).logits[:, :-1].float()
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -keep + 1:].unsqueeze(-1)).squeeze(-1)
+        return [row[-size:].sum().item() for row, size in zip(logps, answer_sizes)]
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch, as transformers' generate computes them."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class StopOnText(StoppingCriteria):

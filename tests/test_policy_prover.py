@@ -1,0 +1,73 @@
+"""PolicyProver on real SmolLM2: cache branching and the likelihood estimator against plain transformers calls."""
+
+import pytest
+import torch
+
+from mrt import MRTConfig, MRTTrainer
+from mrt.data import arithmetic_dataset
+
+
+@pytest.fixture(scope="module")
+def trainer(smollm2_path, tmp_path_factory):
+    args = MRTConfig(output_dir=str(tmp_path_factory.mktemp("out")), use_cpu=True, bf16=False, report_to="none",
+                     per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
+                     gradient_checkpointing=False, prover_batch_size=6)
+    return MRTTrainer(model=smollm2_path, args=args, train_dataset=arithmetic_dataset(4, seed=0))
+
+
+def prompts_of(trainer, texts):
+    tok = trainer._tokenizer
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True,
+                                    return_dict=False) for t in texts]
+
+
+def plain_generate(trainer, prompt, max_tokens):
+    """Greedy generation of one unpadded prompt, without the prover's cache branching."""
+    ids = torch.tensor([prompt])
+    out = trainer.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_tokens, pad_token_id=trainer._tokenizer.pad_token_id)
+    new = out[0, len(prompt):].tolist()
+    eos = trainer._tokenizer.eos_token_id
+    return new[:new.index(eos)] if eos in new else new
+
+
+def test_branched_samples_equal_plain_generation_greedily(trainer):
+    # Prompts of different lengths share chunks (left padding) and 3 samples branch from each cached prompt.
+    prompts = prompts_of(trainer, ["What is 7 + 5?", "Add 12 and 30, then tell me the result please.", "Hi"])
+    trainer.generation_config.do_sample = False
+    try:
+        samples = trainer.prover.generate(prompts, num_samples=3, max_tokens=6, temperature=1.0, stop=None)
+    finally:
+        trainer.generation_config.do_sample = True
+    assert [len(s) for s in samples] == [3, 3, 3]
+    for prompt, group in zip(prompts, samples):
+        expected = plain_generate(trainer, prompt, 6)
+        assert expected, "greedy generation wrote nothing; the comparison would be empty"
+        assert group == [expected] * 3
+
+
+def test_sampled_branches_differ_and_respect_the_token_limit(trainer):
+    prompts = prompts_of(trainer, ["Write a long story about a cat."])
+    torch.manual_seed(0)
+    (group,) = trainer.prover.generate(prompts, num_samples=4, max_tokens=5, temperature=1.5, stop=None)
+    assert len(group) == 4 and all(1 <= len(s) <= 5 for s in group)
+    assert len({tuple(s) for s in group}) > 1, "four samples at temperature 1.5 should not all be equal"
+
+
+def test_likelihood_matches_an_unpadded_forward_pass(trainer):
+    tok = trainer._tokenizer
+    prompts = prompts_of(trainer, ["What is 7 + 5?", "What is 100 - 1? Answer in one number."])
+    answers = [tok("12}", add_special_tokens=False)["input_ids"], tok("99", add_special_tokens=False)["input_ids"]]
+    got = trainer.prover.likelihood(prompts, answers)
+    for prompt, answer, value in zip(prompts, answers, got):
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            logps = torch.log_softmax(trainer.model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        expected = sum(logps[len(prompt) - 1 + k, a].item() for k, a in enumerate(answer))
+        assert value == pytest.approx(expected, abs=1e-3)
+        assert value < 0
+
+
+def test_likelihood_refuses_an_empty_answer(trainer):
+    with pytest.raises(ValueError, match="at least one token"):
+        trainer.prover.likelihood(prompts_of(trainer, ["Hi"]), [[]])
