@@ -20,6 +20,8 @@ def config(**kwargs):
         ("episode_fallback", "sentences"),
         ("episode_chunk_tokens", 0),
         ("prover", "oracle"),
+        ("prover_estimator", "exact"),
+        ("prover_answer_format", "}$"),
         ("prover_num_samples", 0),
         ("prover_max_tokens", 0),
         ("prover_temperature", 0.0),
@@ -59,3 +61,9 @@ def test_suffix_presets_put_the_tag_in_place():
     assert boxed.endswith("\\boxed{") and "</think>" not in boxed
     assert termination_suffix("Answer now: ", "</think>") == "Answer now: "
     assert set(SUFFIX_PRESETS) == {"authors", "boxed"}
+
+
+def test_likelihood_needs_a_suffix_that_ends_at_the_answer_slot():
+    with pytest.raises(ValueError, match="MRTConfig.prover_estimator .*answer slot"):
+        config(prover_estimator="likelihood", termination_suffix="authors")
+    assert config(prover_estimator="likelihood", termination_suffix="boxed").prover_estimator == "likelihood"

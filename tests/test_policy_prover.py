@@ -5,13 +5,14 @@ import torch
 
 from mrt import MRTConfig, MRTTrainer
 from mrt.data import arithmetic_dataset
+from mrt.prover import build_batch, likelihood_rates
 
 
 @pytest.fixture(scope="module")
 def trainer(smollm2_path, tmp_path_factory):
     args = MRTConfig(output_dir=str(tmp_path_factory.mktemp("out")), use_cpu=True, bf16=False, report_to="none",
                      per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
-                     gradient_checkpointing=False, prover_batch_size=6)
+                     gradient_checkpointing=False, prover_batch_size=6, termination_suffix="boxed")
     return MRTTrainer(model=smollm2_path, args=args, train_dataset=arithmetic_dataset(4, seed=0))
 
 
@@ -71,3 +72,23 @@ def test_likelihood_matches_an_unpadded_forward_pass(trainer):
 def test_likelihood_refuses_an_empty_answer(trainer):
     with pytest.raises(ValueError, match="at least one token"):
         trainer.prover.likelihood(prompts_of(trainer, ["Hi"]), [[]])
+
+
+def test_likelihood_rates_follow_what_the_prefix_already_says(trainer):
+    """J by likelihood is high for the answer the prefix has just worked out and low for another one."""
+    tok = trainer._tokenizer
+    (prompt,) = prompts_of(trainer, ["What is 7 + 5?"])
+    prefix = tok("7 + 5 = 12.", add_special_tokens=False)["input_ids"]
+    batch = build_batch([prompt, prompt], [prefix, prefix], [[len(prefix)], [len(prefix)]], ["12", "13"],
+                        trainer.suffix_ids, trainer.suffix_text, tok.decode)
+    encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    right, wrong = likelihood_rates(trainer.prover, batch, encode, trainer.args.prover_answer_format)
+    assert 0.0 < wrong < right <= 1.0
+    assert right > 0.1 and wrong < right / 3, (right, wrong)
+
+
+def test_likelihood_rates_leave_requests_without_gold_unscored(trainer):
+    (prompt,) = prompts_of(trainer, ["What is 7 + 5?"])
+    batch = build_batch([prompt, prompt], [[], []], [[0], [0]], ["12", None], [], "", str)
+    rates = likelihood_rates(trainer.prover, batch, lambda t: trainer._tokenizer(t)["input_ids"], "{answer}}$")
+    assert rates[0] is not None and 0.0 < rates[0] < 1.0 and rates[1] is None

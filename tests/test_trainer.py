@@ -179,3 +179,14 @@ def test_grpo_config_is_refused_with_a_clear_message(tiny_model_path, tmp_path):
     args = GRPOConfig(output_dir=str(tmp_path), **COMMON)
     with pytest.raises(TypeError, match="MRTConfig"):
         MRTTrainer(model=tiny_model_path, args=args, train_dataset=arithmetic_dataset(4))
+
+
+def test_likelihood_estimator_gives_fractional_j_without_sampling(tiny_model_path, tmp_path):
+    trainer = mrt_trainer(tiny_model_path, tmp_path, prover_estimator="likelihood", termination_suffix="boxed",
+                          alpha=0.5)
+    output = one_batch(trainer)
+    record = trainer.last_progress
+    inner = [j for js in record.j_values for j in js[:-1]]  # J_H is the real 0/1 outcome
+    assert inner and all(0.0 < j < 1.0 for j in inner), inner
+    assert torch.allclose(output["advantages"], expected_advantages(record, 0.5, output["advantages"].size(1)))
+    assert trainer._metrics["train"]["mrt/prover_tokens"][-1] == 0  # nothing sampled

@@ -22,6 +22,7 @@ SUFFIX_PRESETS = {
 PROGRESS_MODES = ("dense", "termination_baseline")
 EPISODE_FALLBACKS = ("paragraphs", "chunks", "none")
 PROVERS = ("policy",)
+ESTIMATORS = ("sampling", "likelihood")
 
 
 @dataclass
@@ -97,6 +98,24 @@ class MRTConfig(GRPOConfig):
             "choices": list(PROVERS),
         },
     )
+    prover_estimator: str = field(
+        default="sampling",
+        metadata={
+            "help": "How J_j is estimated. 'sampling': the mean 0/1 reward of `prover_num_samples` answers of mu. "
+            "'likelihood': the probability that mu writes `prover_answer_format` (the gold answer) right after the "
+            "termination suffix, by teacher forcing: no sampling noise, but exact-match only, so it needs a suffix "
+            "that ends at the answer slot.",
+            "choices": list(ESTIMATORS),
+        },
+    )
+    prover_answer_format: str = field(
+        default="{answer}}$",
+        metadata={
+            "help": "Likelihood estimator: the text whose probability is J, with '{answer}' replaced by the gold "
+            "answer. The default closes the 'boxed' suffix's '$\\boxed{' the way the model writes it: a tokenizer "
+            "that has '}$' as one token gives a plain '}' little probability."
+        },
+    )
     prover_num_samples: int = field(
         default=4,
         metadata={"help": "Samples of mu per prefix; J_j is their mean 0/1 reward."},
@@ -144,6 +163,13 @@ class MRTConfig(GRPOConfig):
         _check(self.alpha >= 0 and self.alpha == self.alpha, "alpha", self.alpha, "a number >= 0")
         _check(self.progress_mode in PROGRESS_MODES, "progress_mode", self.progress_mode, f"one of {PROGRESS_MODES}")
         _check(self.prover in PROVERS, "prover", self.prover, f"one of {PROVERS}")
+        _check(self.prover_estimator in ESTIMATORS, "prover_estimator", self.prover_estimator,
+               f"one of {ESTIMATORS}")
+        _check("{answer}" in self.prover_answer_format, "prover_answer_format", self.prover_answer_format,
+               "text holding '{answer}'")
+        _check(self.prover_estimator != "likelihood" or self.termination_suffix != "authors", "prover_estimator",
+               self.prover_estimator, "'sampling' with the 'authors' suffix, which does not end at the answer slot "
+               "(use termination_suffix='boxed' or your own suffix ending where the answer starts)")
         _check(self.episode_fallback in EPISODE_FALLBACKS, "episode_fallback", self.episode_fallback,
                f"one of {EPISODE_FALLBACKS}")
         _check(self.max_episodes >= 1, "max_episodes", self.max_episodes, ">= 1")

@@ -1,6 +1,7 @@
 """Prover requests and backends: mu finishes the answer from every episode prefix."""
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -58,6 +59,20 @@ def success_rates(batch: ProverBatch, samples: Sequence[Sequence[str]]) -> list[
     for text, gold, continuations in zip(batch.texts, batch.golds, samples, strict=True):
         scores = [score_continuation(text, c, gold) for c in continuations]
         rates.append(None if any(s is None for s in scores) else sum(scores) / len(scores))
+    return rates
+
+
+def likelihood_rates(prover: "Prover", batch: ProverBatch, encode, answer_format: str) -> list[float | None]:
+    """J per request for the likelihood estimator: the probability that mu writes the formatted gold answer right
+    after the suffix (None when the request has no gold). `encode` maps text to token ids without special tokens."""
+    answers = [encode(answer_format.replace("{answer}", str(gold).strip()))
+               if gold is not None and str(gold).strip() else None for gold in batch.golds]
+    known = [i for i, a in enumerate(answers) if a]
+    # Called even with nothing to score: under ZeRO-3 every rank must take part in the model calls.
+    logps = prover.likelihood([batch.prompts[i] for i in known], [answers[i] for i in known])
+    rates: list[float | None] = [None] * len(answers)
+    for i, value in zip(known, logps, strict=True):
+        rates[i] = math.exp(value)
     return rates
 
 

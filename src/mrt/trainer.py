@@ -12,7 +12,7 @@ from mrt.config import MRTConfig
 from mrt.data import require_columns
 from mrt.episodes import EpisodeRules, prefix_lengths, split_completion
 from mrt.progress import episode_bonus, progress, regret, termination_advantages, token_advantages
-from mrt.prover import build_batch, make_prover, success_rates, termination_suffix
+from mrt.prover import build_batch, likelihood_rates, make_prover, success_rates, termination_suffix
 from mrt.rewards import make_accuracy_reward, score
 
 logger = logging.getLogger(__name__)
@@ -92,10 +92,14 @@ class MRTTrainer(GRPOTrainer):
 
         decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
         batch = build_batch(prompts, completions, lengths, golds, self.suffix_ids, self.suffix_text, decode)
-        temperature = args.prover_temperature or args.temperature
-        samples = self.prover.generate(batch.prompts, args.prover_num_samples, args.prover_max_tokens,
-                                       temperature, args.prover_stop)
-        rates = success_rates(batch, [tok.batch_decode(s, skip_special_tokens=True) for s in samples])
+        if args.prover_estimator == "likelihood":
+            encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+            rates, samples = likelihood_rates(self.prover, batch, encode, args.prover_answer_format), []
+        else:
+            temperature = args.prover_temperature or args.temperature
+            samples = self.prover.generate(batch.prompts, args.prover_num_samples, args.prover_max_tokens,
+                                           temperature, args.prover_stop)
+            rates = success_rates(batch, [tok.batch_decode(s, skip_special_tokens=True) for s in samples])
 
         j_rows = [[rates[k] for k in row] + [r] for row, r in zip(batch.index, outcomes)]
         scorable = [all(v is not None for v in js) for js in j_rows]
