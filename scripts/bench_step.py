@@ -1,13 +1,14 @@
 """Time GRPO and MRT training steps on the same model, config, prompts and seed, in one process.
 
-    python scripts/bench_step.py --config configs/mrt_smollm2_arithmetic.yaml [--bench_steps 4] [--field value ...]
+    python scripts/bench_step.py --config configs/mrt_smollm2_arithmetic.yaml [--bench_steps 4]
+        [--bench_lengths 64 256] [--bench_estimators sampling likelihood] [--field value ...]
 
-Runs `bench_steps` steps of plain GRPO (alpha 0, no prover), then the same number of MRT steps as configured,
-and prints one table; its last line is the MRT/GRPO step-time ratio alone. The first step of each run is
-left out of the means when there are more than one (it pays one-off start-up costs).
+For every completion length, runs `bench_steps` steps of plain GRPO (alpha 0, no prover), then the same number of
+MRT steps with each prover estimator, and prints one table; its last line is the MRT/GRPO step-time ratio alone
+(first estimator, first length). The first step of each run is left out of the means when there are more than one
+(it pays one-off start-up costs).
 """
 
-import resource
 import statistics
 import sys
 import tempfile
@@ -24,10 +25,32 @@ from mrt import MRTConfig  # noqa: E402
 
 @dataclass
 class BenchArguments:
-    bench_steps: int = field(default=4, metadata={"help": "Training steps timed for each of GRPO and MRT."})
+    bench_steps: int = field(default=4, metadata={"help": "Training steps timed for each run."})
+    bench_lengths: list[int] | None = field(
+        default=None, metadata={"help": "Completion lengths to compare. None: the config's max_completion_length."})
+    bench_estimators: list[str] = field(
+        default_factory=lambda: ["sampling", "likelihood"],
+        metadata={"help": "Prover estimators timed for MRT ('likelihood' is skipped with the 'authors' suffix)."})
 
 
 PARSER = TrlParser((MRTScriptArguments, MRTConfig, ModelConfig, BenchArguments))
+
+
+def peak_rss_reset() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gb() -> float | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return None if kb is None else kb / 2**20
 
 
 def run(argv: list[str], overrides: list[str]) -> dict:
@@ -37,6 +60,7 @@ def run(argv: list[str], overrides: list[str]) -> dict:
         script_args, args, model_args, _ = PARSER.parse_args_and_config(
             argv + ["--max_steps", str(steps), "--output_dir", out, "--save_strategy", "no", "--logging_steps", "1",
                     "--report_to", "none", *overrides])
+        peak_rss_reset()
         trainer = build_trainer(script_args, args, model_args)
         trainer.train()
     logs = [row for row in trainer.state.log_history if "step_time" in row]
@@ -55,7 +79,7 @@ def run(argv: list[str], overrides: list[str]) -> dict:
         "prover_requests_asked": mean("mrt/prover_requests_asked"),
         "prover_tokens": mean("mrt/prover_tokens"),
         "policy_tokens": (mean("completions/mean_length") or 0.0) * batch,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 
@@ -63,28 +87,52 @@ def show(value, digits=2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def main(argv: list[str]) -> float:
-    steps = PARSER.parse_args_and_config(argv)[3].bench_steps
-    grpo = run(argv, ["--alpha", "0", "--progress_mode", "dense"])
-    mrt = run(argv, [])
-    ratio = mrt["step_time"] / grpo["step_time"]
+def table(length: int, runs: dict[str, dict]) -> list[str]:
+    """The rows of one completion length: one column per run, GRPO first."""
+    grpo = runs["GRPO"]
+    names = list(runs)
     rows = [
-        ("step time (s)", show(grpo["step_time"]), show(mrt["step_time"])),
-        ("prover seconds per step", "-", show(mrt["prover_seconds"])),
-        ("prover share of the MRT step", "-", show(mrt["prover_share"], 3)),
-        ("prover requests (asked -> after de-dup)", "-",
-         f"{show(mrt['prover_requests_asked'], 1)} -> {show(mrt['prover_requests'], 1)}"),
-        ("prover tokens / policy tokens", "-",
-         f"{show(mrt['prover_tokens'], 0)} / {show(mrt['policy_tokens'], 0)}"),
-        ("peak RSS of the process after the run (GB)", show(grpo["peak_rss_gb"]), show(mrt["peak_rss_gb"])),
+        ("step time (s)", lambda r: show(r["step_time"])),
+        ("step time / GRPO", lambda r: show(r["step_time"] / grpo["step_time"], 3)),
+        ("prover seconds per step", lambda r: show(r["prover_seconds"])),
+        ("prover share of the step", lambda r: show(r["prover_share"], 3)),
+        ("prover requests (asked -> after de-dup)",
+         lambda r: "-" if r["prover_requests"] is None else
+         f"{show(r['prover_requests_asked'], 1)} -> {show(r['prover_requests'], 1)}"),
+        ("prover tokens / policy tokens",
+         lambda r: f"{show(r['prover_tokens'], 0)} / {show(r['policy_tokens'], 0)}"),
+        ("peak RSS during the run (GB)", lambda r: show(r["peak_rss_gb"])),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'':{width}}  {'GRPO':>10}  {'MRT':>16}")
-    for name, a, b in rows:
-        print(f"{name:{width}}  {a:>10}  {b:>16}")
-    print(f"MRT/GRPO step time ratio over {steps} steps: {ratio:.3f}")
-    print(f"{ratio:.3f}")
-    return ratio
+    width = max(len(name) for name, _ in rows)
+    lines = [f"\ncompletion length {length}", f"{'':{width}}" + "".join(f"  {n:>18}" for n in names)]
+    for name, cell in rows:
+        lines.append(f"{name:{width}}" + "".join(f"  {cell(runs[n]):>18}" for n in names))
+    return lines
+
+
+def main(argv: list[str]) -> float:
+    _, args, _, bench = PARSER.parse_args_and_config(argv)
+    lengths = bench.bench_lengths or [args.max_completion_length]
+    estimators = [e for e in bench.bench_estimators
+                  if e != "likelihood" or args.termination_suffix != "authors"]
+    if not estimators:
+        raise SystemExit("No estimator to time: the 'likelihood' estimator needs a suffix that ends at the answer "
+                         "slot (e.g. --termination_suffix boxed).")
+    ratios, lines = {}, []
+    for length in lengths:
+        at_length = ["--max_completion_length", str(length)]
+        runs = {"GRPO": run(argv, [*at_length, "--alpha", "0", "--progress_mode", "dense"])}
+        for estimator in estimators:
+            runs[f"MRT {estimator}"] = run(argv, [*at_length, "--prover_estimator", estimator])
+            ratios[(estimator, length)] = runs[f"MRT {estimator}"]["step_time"] / runs["GRPO"]["step_time"]
+        lines += table(length, runs)
+    print("\n".join(lines))
+    print(f"\nMRT/GRPO step time ratio over {bench.bench_steps} steps:")
+    for (estimator, length), ratio in ratios.items():
+        print(f"  {estimator:>10} at {length:>4} completion tokens: {ratio:.3f}")
+    first = ratios[(estimators[0], lengths[0])]
+    print(f"{first:.3f}")
+    return first
 
 
 if __name__ == "__main__":

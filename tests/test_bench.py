@@ -19,7 +19,15 @@ def test_bench_prints_the_table_and_the_ratio(tiny_model_path, tmp_path):
     lines = result.stdout.strip().splitlines()
     assert float(lines[-1]) > 0
     table = "\n".join(lines)
-    assert "step time (s)" in table and "prover share of the MRT step" in table
-    requests = next(line for line in lines if line.startswith("prover requests"))
-    asked, unique = (float(x) for x in requests.split()[-3::2])
-    assert 0 < unique <= asked
+    assert "step time (s)" in table and "prover share of the step" in table
+    header = next(line for line in lines if "GRPO" in line)
+    assert header.split() == ["GRPO", "MRT", "sampling", "MRT", "likelihood"]
+    requests = next(line for line in lines if line.startswith("prover requests")).split()
+    # GRPO has no prover; both MRT runs ask the same batch: "asked -> unique" for each
+    assert requests[-7] == "-"
+    for asked, unique in ((requests[-6], requests[-4]), (requests[-3], requests[-1])):
+        assert 0 < float(unique) <= float(asked)
+    tokens = next(line for line in lines if line.startswith("prover tokens")).split()
+    assert float(tokens[-3]) == 0  # the likelihood estimator samples nothing
+    ratios = [line for line in lines if " completion tokens: " in line]
+    assert [r.split()[0] for r in ratios] == ["sampling", "likelihood"]
