@@ -12,7 +12,7 @@ from mrt.config import MRTConfig
 from mrt.data import require_columns
 from mrt.episodes import EpisodeRules, prefix_lengths, split_completion
 from mrt.progress import episode_bonus, progress, regret, termination_advantages, token_advantages
-from mrt.prover import build_batch, likelihood_rates, make_prover, success_rates, termination_suffix
+from mrt.prover import ProverBatch, build_batch, likelihood_rates, make_prover, success_rates, termination_suffix
 from mrt.rewards import make_accuracy_reward, score
 
 logger = logging.getLogger(__name__)
@@ -80,26 +80,9 @@ class MRTTrainer(GRPOTrainer):
             return output
         start = time.perf_counter()
         mode = "train" if self.model.training else "eval"
-        args, tok = self.args, self._tokenizer
-        prompts = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"], output["prompt_mask"])]
-        completions = self._completion_lists(output)
-        golds = [x.get(args.answer_column) for x in inputs]
-        texts = tok.batch_decode(completions, skip_special_tokens=True)
-        outcomes = [score(text, gold) for text, gold in zip(texts, golds)]
-        ends = [split_completion(c, tok, self.episode_rules) for c in completions]
-        # b_0 = 0 for every completion (even an empty one) so that J_0 is always known.
-        lengths = [prefix_lengths(e) if e else [0] for e in ends]
-
-        decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-        batch = build_batch(prompts, completions, lengths, golds, self.suffix_ids, self.suffix_text, decode)
-        if args.prover_estimator == "likelihood":
-            encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-            rates, samples = likelihood_rates(self.prover, batch, encode, args.prover_answer_format), []
-        else:
-            temperature = args.prover_temperature or args.temperature
-            samples = self.prover.generate(batch.prompts, args.prover_num_samples, args.prover_max_tokens,
-                                           temperature, args.prover_stop)
-            rates = success_rates(batch, [tok.batch_decode(s, skip_special_tokens=True) for s in samples])
+        args = self.args
+        batch, ends, outcomes = self.prover_batch(output, inputs)
+        rates, samples = self.estimate_success(batch)
 
         j_rows = [[rates[k] for k in row] + [r] for row, r in zip(batch.index, outcomes)]
         scorable = [all(v is not None for v in js) for js in j_rows]
@@ -138,6 +121,32 @@ class MRTTrainer(GRPOTrainer):
             "unscorable": len(scorable) - sum(scorable),
         })
         return output
+
+    def prover_batch(self, output: dict, inputs: list[dict]) -> tuple[ProverBatch, list[list[int]], list]:
+        """The prover requests of a scored generation batch, each completion's episode ends and its 0/1 outcome."""
+        tok, golds = self._tokenizer, [x.get(self.args.answer_column) for x in inputs]
+        prompts = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"], output["prompt_mask"])]
+        completions = self._completion_lists(output)
+        texts = tok.batch_decode(completions, skip_special_tokens=True)
+        outcomes = [score(text, gold) for text, gold in zip(texts, golds)]
+        ends = [split_completion(c, tok, self.episode_rules) for c in completions]
+        # b_0 = 0 for every completion (even an empty one) so that J_0 is always known.
+        lengths = [prefix_lengths(e) if e else [0] for e in ends]
+        decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+        batch = build_batch(prompts, completions, lengths, golds, self.suffix_ids, self.suffix_text, decode)
+        return batch, ends, outcomes
+
+    def estimate_success(self, batch: ProverBatch, estimator: str | None = None,
+                         num_samples: int | None = None) -> tuple[list[float | None], list[list[list[int]]]]:
+        """J for every request of `batch` with the configured (or the given) estimator; also mu's samples."""
+        args, tok = self.args, self._tokenizer
+        if (estimator or args.prover_estimator) == "likelihood":
+            encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+            return likelihood_rates(self.prover, batch, encode, args.prover_answer_format), []
+        temperature = args.prover_temperature or args.temperature
+        samples = self.prover.generate(batch.prompts, num_samples or args.prover_num_samples, args.prover_max_tokens,
+                                       temperature, args.prover_stop)
+        return success_rates(batch, [tok.batch_decode(s, skip_special_tokens=True) for s in samples]), samples
 
     def _completion_lists(self, output) -> list[list[int]]:
         """Each completion's token ids without padding (truncated ones keep their tokens)."""
