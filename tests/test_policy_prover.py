@@ -5,7 +5,7 @@ import torch
 
 from mrt import MRTConfig, MRTTrainer
 from mrt.data import arithmetic_dataset
-from mrt.prover import build_batch, likelihood_rates
+from mrt.prover import build_batch, likelihood_rates, shared_prefixes
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +32,29 @@ def plain_generate(trainer, prompt, max_tokens):
     return new[:new.index(eos)] if eos in new else new
 
 
+def test_shared_prefixes_reuse_the_longest_head_with_the_most_in_common():
+    prompts = [[1, 2, 3, 4, 5], [1, 2, 9], [1, 2, 3], [7, 8], [1, 2, 3, 4, 5, 6, 7], [5]]
+    source, shared = shared_prefixes(prompts)
+    assert source == [4, 4, 4, 3, 4, 5]
+    # a prompt never takes its own last token from a cache; a head takes all but its last from its own pass
+    assert shared == [4, 2, 2, 1, 6, 0]
+
+
 def test_branched_samples_equal_plain_generation_greedily(trainer):
-    # Prompts of different lengths share chunks (left padding) and 3 samples branch from each cached prompt.
-    prompts = prompts_of(trainer, ["What is 7 + 5?", "Add 12 and 30, then tell me the result please.", "Hi"])
+    # Prompts of different lengths share chunks (left padding), several share leading tokens (episode prefixes of
+    # one completion, one a strict prefix of another), and 3 samples branch from each cached prompt.
+    tok = trainer._tokenizer
+    base, other = prompts_of(trainer, ["What is 7 + 5?", "Add 12 and 30, then tell me the result please."])
+    steps = tok("Let me think. 7 + 5 is 12.\n\nWait, check: 5 + 7 = 12.", add_special_tokens=False)["input_ids"]
+    suffix = trainer.suffix_ids
+    prompts = [base + suffix, base + steps[:6] + suffix, base + steps + suffix, other + suffix, base + steps[:6],
+               prompts_of(trainer, ["Hi"])[0]]
     trainer.generation_config.do_sample = False
     try:
         samples = trainer.prover.generate(prompts, num_samples=3, max_tokens=6, temperature=1.0, stop=None)
     finally:
         trainer.generation_config.do_sample = True
-    assert [len(s) for s in samples] == [3, 3, 3]
+    assert [len(s) for s in samples] == [3] * len(prompts)
     for prompt, group in zip(prompts, samples):
         expected = plain_generate(trainer, prompt, 6)
         assert expected, "greedy generation wrote nothing; the comparison would be empty"

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicLayer
 from trl.models.utils import unwrap_model_for_generation
 
 from mrt.config import SUFFIX_PRESETS
@@ -171,25 +172,79 @@ class PolicyProver:
         return ids, mask
 
     def _branch(self, model, prompts, config, num_samples, stop) -> list[list[int]]:
-        """Prefill every prompt once, copy its cache `num_samples` times, sample; rows grouped by prompt."""
-        ids, mask = self._left_pad(prompts)
+        """Prefill the prompts (shared leading tokens once), copy each cache `num_samples` times and sample; the
+        returned rows are grouped by prompt."""
+        ids, mask, cache = self._prefill(model, prompts)
         width = ids.size(1)
-        cache = DynamicCache(config=model.config)
-        if width > 1:  # all but the last token; generate feeds that one and goes on from the cache
-            model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=_positions(mask)[:, :-1],
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if cache is not None:
             cache.batch_repeat_interleave(num_samples)
         extra = {"stopping_criteria": StoppingCriteriaList([StopOnText(self.trainer._tokenizer, stop, width)])} \
             if stop else {}
         out = model.generate(input_ids=ids.repeat_interleave(num_samples, dim=0),
                              attention_mask=mask.repeat_interleave(num_samples, dim=0),
-                             past_key_values=cache if width > 1 else None, generation_config=config, **extra)
+                             past_key_values=cache, generation_config=config, **extra)
         eos = {*self.trainer.eos_token_ids, self._pad_id}  # finished rows are padded
         samples = []
         for row in out[:, width:].tolist():
             cut = next((k for k, tok in enumerate(row) if tok in eos), len(row))
             samples.append(row[:cut])
         return samples
+
+    def _prefill(self, model, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
+        """Ids, mask and a cache of every prompt but its last token, reading shared leading tokens once.
+
+        Pass 1 reads the "head" prompts whole; pass 2 reads each other prompt's tokens after the part it shares
+        with its head, on top of a copy of the head's cached keys and values. Row i is laid out as
+        [pad, shared part | pad, rest]; positions come from the mask, so the padding in the middle is invisible.
+        Both passes always run (pass 2 on one pad token when nothing needs it): ZeRO-3 ranks stay in step.
+        """
+        device = self.trainer.accelerator.device
+        source, shared = shared_prefixes(prompts)
+        heads = sorted(set(source))
+        head_ids, head_mask = self._left_pad([prompts[h][:-1] or [self._pad_id] for h in heads])
+        head_cache = DynamicCache(config=model.config)
+        model(input_ids=head_ids, attention_mask=head_mask, position_ids=_positions(head_mask),
+              past_key_values=head_cache, use_cache=True, logits_to_keep=1)
+
+        if not all(type(layer) is DynamicLayer for layer in head_cache.layers):
+            # Sliding-window (or other) caches do not keep every position: read each prompt whole instead.
+            model(input_ids=torch.full((1, 1), self._pad_id, device=device), logits_to_keep=1)  # pass 2's place
+            return *self._left_pad(prompts), None
+        rests = [p[c:] for p, c in zip(prompts, shared)]
+        front, back = max(shared), max(len(r) for r in rests)
+        rows = [[self._pad_id] * (front - c) + p[:c] + [self._pad_id] * (back - len(r)) + r
+                for p, c, r in zip(prompts, shared, rests)]
+        ids = torch.tensor(rows, device=device)
+        mask = torch.tensor([[0] * (front - c) + [1] * c + [0] * (back - len(r)) + [1] * len(r)
+                             for c, r in zip(shared, rests)], device=device)
+        # The cache of every row: the head's keys and values of the shared part, then room for the rest.
+        layers = []
+        for layer in head_cache.layers:
+            keys = layer.keys.new_zeros(len(prompts), layer.keys.size(1), front + back - 1, layer.keys.size(3))
+            values = torch.zeros_like(keys)
+            for i, (h, c) in enumerate(zip(source, shared)):
+                k, end = heads.index(h), head_ids.size(1) - (len(prompts[h]) - 1) + c
+                keys[i, :, front - c:front] = layer.keys[k, :, end - c:end]
+                values[i, :, front - c:front] = layer.values[k, :, end - c:end]
+            layers.append((keys, values))
+        todo = [i for i, r in enumerate(rests) if len(r) > 1]
+        cut = front + back - 1
+        if todo:
+            part = DynamicCache(config=model.config)
+            for n, (keys, values) in enumerate(layers):
+                part.update(keys[todo, :, :front], values[todo, :, :front], n)
+            model(input_ids=ids[todo, front:cut], attention_mask=mask[todo, :cut],
+                  position_ids=_positions(mask[todo])[:, front:cut], past_key_values=part, use_cache=True,
+                  logits_to_keep=1)
+            for (keys, values), layer in zip(layers, part.layers):
+                keys[todo, :, front:] = layer.keys[:, :, front:]
+                values[todo, :, front:] = layer.values[:, :, front:]
+        else:
+            model(input_ids=torch.full((1, 1), self._pad_id, device=device), logits_to_keep=1)
+        cache = DynamicCache(config=model.config)
+        for n, (keys, values) in enumerate(layers):
+            cache.update(keys, values, n)
+        return ids, mask, cache
 
     def _answer_logprobs(self, model, sequences, answer_sizes) -> list[float]:
         """Sum of log-probabilities of each sequence's last `answer_sizes[i]` tokens, in one forward pass."""
@@ -199,6 +254,36 @@ class PolicyProver:
                        logits_to_keep=keep).logits[:, :-1].float()
         logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -keep + 1:].unsqueeze(-1)).squeeze(-1)
         return [row[-size:].sum().item() for row, size in zip(logps, answer_sizes)]
+
+
+def shared_prefixes(prompts: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """For each prompt, the head prompt whose cached tokens it reuses and how many leading tokens it takes.
+
+    Longest prompts first; a prompt sharing no leading token with an earlier head becomes a head itself. A head
+    reuses its own cache for all but its last token; no prompt takes its own last token from a cache.
+    """
+    source, shared, heads = [0] * len(prompts), [0] * len(prompts), []
+    for i in sorted(range(len(prompts)), key=lambda i: -len(prompts[i])):
+        p = prompts[i]
+        best, best_len = None, 0
+        for h in heads:
+            n = min(_common_length(p, prompts[h]), len(p) - 1, len(prompts[h]) - 1)
+            if n > best_len:
+                best, best_len = h, n
+        if best is None:
+            heads.append(i)
+            best, best_len = i, len(p) - 1
+        source[i], shared[i] = best, best_len
+    return source, shared
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
