@@ -95,6 +95,10 @@ def table(length: int, runs: dict[str, dict]) -> list[str]:
         ("step time (s)", lambda r: show(r["step_time"])),
         ("step time / GRPO", lambda r: show(r["step_time"] / grpo["step_time"], 3)),
         ("prover seconds per step", lambda r: show(r["prover_seconds"])),
+        # The runs' completions differ after step 1 (different updates), so their policy work differs too; this
+        # row prices the prover alone on GRPO's step.
+        ("(GRPO step + prover) / GRPO",
+         lambda r: show(1 + (r["prover_seconds"] or 0.0) / grpo["step_time"], 3)),
         ("prover share of the step", lambda r: show(r["prover_share"], 3)),
         ("prover requests (asked -> after de-dup)",
          lambda r: "-" if r["prover_requests"] is None else

@@ -27,6 +27,8 @@ def test_bench_prints_the_table_and_the_ratio(tiny_model_path, tmp_path):
     assert requests[-7] == "-"
     for asked, unique in ((requests[-6], requests[-4]), (requests[-3], requests[-1])):
         assert 0 < float(unique) <= float(asked)
+    priced = next(line for line in lines if line.startswith("(GRPO step + prover) / GRPO")).split()
+    assert float(priced[-3]) == 1.0 and float(priced[-2]) > 1.0 and float(priced[-1]) > 1.0
     tokens = next(line for line in lines if line.startswith("prover tokens")).split()
     assert float(tokens[-3]) == 0  # the likelihood estimator samples nothing
     ratios = [line for line in lines if " completion tokens: " in line]
