@@ -21,7 +21,7 @@ SUFFIX_PRESETS = {
 
 PROGRESS_MODES = ("dense", "termination_baseline")
 EPISODE_FALLBACKS = ("paragraphs", "chunks", "none")
-PROVERS = ("policy",)
+PROVERS = ("policy", "server")
 ESTIMATORS = ("sampling", "likelihood")
 
 
@@ -94,7 +94,9 @@ class MRTConfig(GRPOConfig):
     prover: str = field(
         default="policy",
         metadata={
-            "help": "Where mu comes from. 'policy': the current policy through the trainer's own generation.",
+            "help": "Where mu comes from. 'policy': the current policy through the trainer's own generation. "
+            "'server': a frozen model served by `vllm serve MODEL --enable-prefix-caching` at `prover_server_url` "
+            "(it must use the policy's tokenizer).",
             "choices": list(PROVERS),
         },
     )
@@ -145,6 +147,26 @@ class MRTConfig(GRPOConfig):
         metadata={"help": "Sequences per prover generate call on the transformers path (bounds memory)."},
     )
 
+    prover_server_url: str = field(
+        default="http://localhost:8000/v1",
+        metadata={"help": "prover='server': base URL of the OpenAI-compatible vLLM server that serves mu."},
+    )
+    prover_model: str | None = field(
+        default=None,
+        metadata={"help": "prover='server': the served model name to ask. None: the one model the server serves."},
+    )
+    prover_timeout: float = field(
+        default=600.0,
+        metadata={"help": "prover='server': seconds one request may take before it is retried."},
+    )
+    prover_max_retries: int = field(
+        default=3,
+        metadata={
+            "help": "prover='server': retries of a failed request (connection error, timeout, 5xx), with "
+            "exponential backoff, before training stops with an error."
+        },
+    )
+
     # Data
     answer_column: str = field(
         default="answer",
@@ -182,6 +204,12 @@ class MRTConfig(GRPOConfig):
                self.prover_temperature, "None or > 0")
         _check(bool(self.termination_suffix), "termination_suffix", self.termination_suffix,
                f"a preset {tuple(SUFFIX_PRESETS)} or non-empty text")
+        _check(self.prover_server_url.startswith(("http://", "https://")), "prover_server_url",
+               self.prover_server_url, "an http(s) URL such as 'http://localhost:8000/v1'")
+        _check(self.prover_model is None or bool(self.prover_model.strip()), "prover_model", self.prover_model,
+               "None or a served model name")
+        _check(self.prover_timeout > 0, "prover_timeout", self.prover_timeout, "> 0 seconds")
+        _check(self.prover_max_retries >= 0, "prover_max_retries", self.prover_max_retries, ">= 0")
         _check(bool(self.answer_column), "answer_column", self.answer_column, "a column name")
         _check(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
                self.max_prompt_length, "None or >= 1")

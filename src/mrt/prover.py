@@ -90,6 +90,10 @@ class Prover(Protocol):
 
 def make_prover(trainer) -> Prover:
     """The prover backend the trainer's config asks for."""
+    if trainer.args.prover == "server":
+        from mrt.prover_server import ServerProver  # needs the `openai` package (the `server` extra)
+
+        return ServerProver.from_trainer(trainer)
     return PolicyProver(trainer)
 
 
