@@ -135,7 +135,7 @@ def test_unscorable_completions_are_left_out_of_the_means():
 def test_config_defaults_and_checks():
     config = EvalConfig(models="m", max_tokens=64)
     assert config.models == ["m"]
-    assert config.budgets == [0, 8, 16, 24, 32, 40, 48, 56, 64] and config.cutoffs == config.budgets[1:]
+    assert config.budgets == [0, 16, 32, 48, 64] and config.cutoffs == config.budgets[1:]
     with pytest.raises(ValueError, match="EvalConfig.budgets"):
         EvalConfig(max_tokens=16, budgets=[0, 32])
     with pytest.raises(ValueError, match="EvalConfig.num_samples"):

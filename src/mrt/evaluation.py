@@ -63,7 +63,7 @@ class EvalConfig:
     prover_stop: list[str] | None = field(default=None, metadata={
         "help": "Stop strings of the forced answers, e.g. '}' with the 'boxed' suffix and integer answers."})
     budgets: list[int] | None = field(default=None, metadata={
-        "help": "Token budgets of the accuracy curve. None: 0 and 8 even steps up to max_tokens."})
+        "help": "Token budgets of the accuracy curve. None: 0 and 4 even steps up to max_tokens."})
     cutoffs: list[int] | None = field(default=None, metadata={
         "help": "Token cutoffs of the cumulative regret. None: the budgets above 0."})
     target_accuracies: list[float] | None = field(default=None, metadata={
@@ -96,7 +96,7 @@ class EvalConfig:
         _check(self.backend in ("auto", "transformers", "vllm"), "backend", self.backend,
                "'auto', 'transformers' or 'vllm'")
         if self.budgets is None:
-            self.budgets = sorted({round(self.max_tokens * k / 8) for k in range(9)})
+            self.budgets = sorted({round(self.max_tokens * k / 4) for k in range(5)})
         self.budgets = sorted(set(int(b) for b in self.budgets))
         _check(all(0 <= b <= self.max_tokens for b in self.budgets), "budgets", self.budgets,
                f"token counts between 0 and max_tokens={self.max_tokens}")

@@ -11,9 +11,10 @@ import gc
 import importlib.util
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Protocol
 
-from mrt.prover import StopOnText
+from mrt.prover import PolicyProver
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,12 @@ def make_generator(model: str, backend: str = "auto", dtype: str = "float32", ba
 
 
 class TransformersGenerator:
-    """`model.generate` on a model loaded by transformers, in chunks of at most `batch_size` sequences."""
+    """`model.generate` on a model loaded by transformers, in chunks of at most `batch_size` sequences.
+
+    Sampling goes through the trainer's prover code (`PolicyProver._branch`): each chunk's prompts are read once,
+    shared leading tokens (the chat prompt, a completion's earlier episodes) only once, and the `n` samples of a
+    prompt branch from its cache.
+    """
 
     name = "transformers"
 
@@ -68,42 +74,39 @@ class TransformersGenerator:
         self.batch_size = batch_size
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos_ids = {*eos, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])}
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else min(self.eos_ids)
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(self.tokenizer.eos_token_id)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token_id = eos[0]
+        # What PolicyProver reads from its trainer.
+        self._prover = PolicyProver(SimpleNamespace(
+            accelerator=SimpleNamespace(device=self.model.device), _tokenizer=self.tokenizer,
+            eos_token_ids=sorted(set(eos))))
+        self.eos_ids = sorted(set(eos))
 
     def generate(self, prompts, n, max_tokens, temperature, stop=None, seed=0):
         import torch
+        from transformers import GenerationConfig
 
         torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} \
+            if temperature > 0 else {"do_sample": False}
+        config = GenerationConfig(max_new_tokens=max_tokens, num_return_sequences=1, eos_token_id=self.eos_ids,
+                                  pad_token_id=self.tokenizer.pad_token_id, **sampling)
         per_call = max(1, self.batch_size // n)
         out: list[list[Sample]] = []
-        for k in range(0, len(prompts), per_call):
-            out.extend(self._generate(prompts[k:k + per_call], n, max_tokens, temperature, stop))
+        with torch.no_grad():
+            for k in range(0, len(prompts), per_call):
+                chunk = [list(p) for p in prompts[k:k + per_call]]
+                rows = self._prover._branch(self.model, chunk, config, n, stop)
+                for i in range(len(chunk)):
+                    out.append([self._sample(ids, max_tokens, stop) for ids in rows[i * n:(i + 1) * n]])
         return out
 
-    def _generate(self, prompts, n, max_tokens, temperature, stop):
-        import torch
-        from transformers import StoppingCriteriaList
-
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": None} \
-            if temperature > 0 else {"do_sample": False}
-        extra = {"stopping_criteria": StoppingCriteriaList([StopOnText(self.tokenizer, stop, width)])} if stop else {}
-        with torch.no_grad():
-            rows = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, num_return_sequences=n,
-                pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids), **sampling, **extra,
-            )[:, width:].tolist()
-        samples = []
-        for row in rows:
-            cut = next((i for i, t in enumerate(row) if t in self.eos_ids or t == self.pad_id), None)
-            kept = row if cut is None else row[:cut]
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            samples.append(Sample(kept, text, cut is not None or any(s in text for s in stop or [])))
-        return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
+    def _sample(self, ids: list[int], max_tokens: int, stop) -> Sample:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        # _branch cuts a row at its EOS (or the padding after a stop string): shorter than max_tokens = ended.
+        return Sample(ids, text, len(ids) < max_tokens or any(s in text for s in stop or []))
 
     def close(self):
         del self.model
