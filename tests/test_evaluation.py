@@ -154,3 +154,25 @@ def test_records_with_a_cut_last_line_and_other_settings(tmp_path):
     assert path.read_text() == '{"fingerprint": "f", "index": 0}\n'  # the cut line is gone
     with pytest.raises(ValueError, match="other settings"):
         load_records(path, "g")
+
+
+def test_yaml_config_with_command_line_overrides(tmp_path):
+    from trl import TrlParser
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("models: [smollm2-135m, outputs/ckpt]\nnum_samples: 2\nbudgets: [0, 32, 64]\nprover_stop: ['}']\n")
+    (config,) = TrlParser((EvalConfig,)).parse_args_and_config(
+        args=["--config", str(path), "--num_samples", "3", "--cutoffs", "16", "64"])
+    assert config.models == ["smollm2-135m", "outputs/ckpt"] and config.num_samples == 3
+    assert config.budgets == [0, 32, 64] and config.cutoffs == [16, 64] and config.prover_stop == ["}"]
+
+
+def test_readme_shows_the_command_and_a_small_plot():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Evaluating test-time compute")[1].split("\n## ")[0]
+    assert "python scripts/eval_mrt.py --models" in section
+    image = section.split("](")[1].split(")")[0]
+    assert (root / image).is_file() and (root / image).stat().st_size < 150_000

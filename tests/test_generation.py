@@ -14,7 +14,7 @@ def check_backend(generator):
     assert [len(group) for group in out] == [2, 2]
     for group in out:
         for s in group:
-            assert 0 < len(s.ids) <= 6 and s.text == tok.decode(s.ids, skip_special_tokens=True) or "}" in s.text
+            assert 0 < len(s.ids) <= 6
             # A sample cut by max_tokens is not finished; one that wrote the stop string is.
             if "}" in s.text:
                 assert s.finished
