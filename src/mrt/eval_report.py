@@ -48,7 +48,7 @@ def _panel(ax, models: dict, table: str, x: str, y: str, title: str, xlabel: str
     for label, m in models.items():
         points = [(row[x], row[y]) for row in m[table] if row[y] is not None]
         if points:
-            ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+            ax.plot(*zip(*points), marker="o" if len(points) <= 12 else None, markersize=3, label=label)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
