@@ -123,8 +123,10 @@ class VLLMGenerator:
 
         options = {"enable_prefix_caching": True, "enforce_eager": True, "seed": seed, "dtype": dtype,
                    "gpu_memory_utilization": 0.25, **kwargs}
+        from transformers import AutoTokenizer
+
         self.llm = LLM(model=model, **options)
-        self.tokenizer = self.llm.get_tokenizer()
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
 
     def generate(self, prompts, n, max_tokens, temperature, stop=None, seed=0):
         from vllm import SamplingParams
