@@ -1,4 +1,4 @@
-"""From prover success rates J to progress, per-token advantages and regret (pure tensor code)."""
+"""From prover success rates J to progress, per-token advantages and regret; curve areas (pure code)."""
 
 from collections.abc import Sequence
 
@@ -49,8 +49,91 @@ def regret(j_values: Sequence[float], ends: Sequence[int]) -> float:
     """
     if not ends:
         return 1.0 - float(j_values[0])
-    area, start = 0.0, 0
-    for j, end in enumerate(ends):
-        area += float(j_values[j]) * (end - start)
-        start = end
-    return 1.0 - area / ends[-1]
+    tokens = [0, *ends[:-1]]
+    return 1.0 - curve_area(tokens, j_values[:len(ends)], ends[-1], step=True) / ends[-1]
+
+
+# ---------------------------------------------------------------- curves of J (or accuracy) against tokens
+#
+# A curve is given by points (tokens[i], values[i]) with non-decreasing tokens. It starts at (0, 0) unless its
+# first point is at 0 tokens, is held flat after its last point, and between points is linear (or, with
+# step=True, holds each point's value until the next point).
+
+
+def _curve_points(tokens: Sequence[float], values: Sequence[float]) -> list[tuple[float, float]]:
+    if len(tokens) != len(values) or not tokens:
+        raise ValueError(f"a curve needs as many tokens as values, at least one: got {len(tokens)} and {len(values)}")
+    points = [(float(t), float(v)) for t, v in zip(tokens, values)]
+    if points[0][0] < 0 or any(b[0] < a[0] for a, b in zip(points, points[1:])):
+        raise ValueError(f"curve tokens must be >= 0 and non-decreasing, got {list(tokens)}")
+    if points[0][0] > 0:
+        points.insert(0, (0.0, 0.0))
+    return points
+
+
+def curve_value(tokens: Sequence[float], values: Sequence[float], at: float, step: bool = False) -> float:
+    """The curve's value at `at` tokens (at a jump, the value after it)."""
+    points = _curve_points(tokens, values)
+    value = points[0][1]
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if at < t1:
+            if step or t1 == t0:
+                return v0
+            return v0 + (v1 - v0) * (at - t0) / (t1 - t0)
+        value = v1
+    return value
+
+
+def curve_area(tokens: Sequence[float], values: Sequence[float], cutoff: float, step: bool = False) -> float:
+    """Area under the curve between 0 and `cutoff` tokens."""
+    if not cutoff > 0:
+        raise ValueError(f"cutoff must be > 0, got {cutoff}")
+    points = _curve_points(tokens, values)
+    area = 0.0
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if t0 >= cutoff:
+            break
+        if t1 == t0:  # a jump: no width
+            continue
+        end = min(t1, cutoff)
+        if step:
+            area += (end - t0) * v0
+        else:
+            v_end = v0 + (v1 - v0) * (end - t0) / (t1 - t0)
+            area += (end - t0) * (v0 + v_end) / 2
+    last_t, last_v = points[-1]
+    if last_t < cutoff:
+        area += (cutoff - last_t) * last_v
+    return area
+
+
+def regret_at(tokens: Sequence[float], values: Sequence[float], cutoff: float) -> float:
+    """Cumulative regret at `cutoff` tokens: 1 - the area under the (linear) curve up to the cutoff, divided by
+    the cutoff. 0 for a curve at 1 from the start, 1 for a curve that stays at 0."""
+    return 1.0 - curve_area(tokens, values, cutoff) / cutoff
+
+
+def tokens_to_reach(tokens: Sequence[float], values: Sequence[float], target: float) -> float | None:
+    """The fewest tokens at which the (linear) curve reaches `target`; None if it never does."""
+    points = _curve_points(tokens, values)
+    if points[0][1] >= target:
+        return points[0][0]
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if v1 >= target:
+            return t1 if t1 == t0 else t0 + (target - v0) * (t1 - t0) / (v1 - v0)
+    return None
+
+
+def efficiency_ratios(needed: Sequence[float | None]) -> list[float | None]:
+    """Tokens each curve needs (from tokens_to_reach) as a ratio to the first one's; None where either never
+    reaches the target, or where the first needs no tokens at all and the other does."""
+    first = needed[0] if needed else None
+    ratios: list[float | None] = []
+    for n in needed:
+        if first is None or n is None:
+            ratios.append(None)
+        elif first == 0:
+            ratios.append(1.0 if n == 0 else None)
+        else:
+            ratios.append(n / first)
+    return ratios

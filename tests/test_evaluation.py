@@ -1,0 +1,178 @@
+"""Evaluation curve math against hand-worked curves, the tables built from records, and the config checks."""
+
+import pytest
+
+from mrt.evaluation import EvalConfig, efficiency_table, load_records, summarize
+from mrt.progress import curve_area, curve_value, efficiency_ratios, regret, regret_at, tokens_to_reach
+
+
+# ---------------------------------------------------------------- area and regret
+
+
+def test_curve_at_one_from_the_start_has_regret_zero():
+    assert regret_at([0], [1.0], 50) == 0.0
+    assert regret_at([0, 10, 40], [1.0, 1.0, 1.0], 100) == 0.0
+
+
+def test_flat_zero_curve_has_regret_one():
+    assert regret_at([0, 10, 40], [0.0, 0.0, 0.0], 25) == 1.0
+    assert regret_at([5], [0.0], 100) == 1.0
+
+
+def test_curve_starts_at_origin_and_is_held_after_last_point():
+    # (0,0) -> (10,1) linear, then held at 1: area to 20 = 5 + 10 = 15.
+    assert curve_area([10], [1.0], 20) == pytest.approx(15.0)
+    assert regret_at([10], [1.0], 20) == pytest.approx(0.25)
+    # A point at 0 tokens replaces the implicit (0, 0).
+    assert curve_area([0, 10], [0.5, 0.5], 20) == pytest.approx(10.0)
+
+
+def test_interpolation_at_a_cutoff_between_points():
+    # (0,0) -> (10,0.5) -> (30,1.0); cutoff 20 lies between: J(20) = 0.75.
+    assert curve_value([0, 10, 30], [0.0, 0.5, 1.0], 20) == pytest.approx(0.75)
+    # area = 10*0.25 (first segment) + 10*(0.5+0.75)/2 = 2.5 + 6.25 = 8.75
+    assert curve_area([0, 10, 30], [0.0, 0.5, 1.0], 20) == pytest.approx(8.75)
+    assert regret_at([0, 10, 30], [0.0, 0.5, 1.0], 20) == pytest.approx(1 - 8.75 / 20)
+    # A cutoff before the first point cuts the first segment: (0,0)->(10,1) up to 4: area 4*0.2 = 0.8.
+    assert curve_area([10], [1.0], 4) == pytest.approx(0.8)
+
+
+def test_jump_at_one_token_count():
+    # Two points at 10 tokens: the curve jumps there; the value at 10 is the one after the jump.
+    assert curve_value([0, 10, 10], [0.0, 0.0, 1.0], 10) == 1.0
+    assert curve_area([0, 10, 10], [0.0, 0.0, 1.0], 20) == pytest.approx(10.0)
+
+
+def test_step_curve_and_the_training_regret_agree():
+    # The training metric holds J_{j-1} over episode j: it is the step curve normalised at the last token.
+    js, ends = [0.0, 0.5, 1.0, 1.0], [10, 30, 40]
+    by_hand = 1 - (0.0 * 10 + 0.5 * 20 + 1.0 * 10) / 40
+    assert regret(js, ends) == pytest.approx(by_hand)
+    assert curve_area([0, 10, 30], js[:3], 40, step=True) == pytest.approx(20.0)
+
+
+def test_bad_curves_are_rejected():
+    with pytest.raises(ValueError, match="non-decreasing"):
+        curve_area([10, 5], [0.0, 1.0], 20)
+    with pytest.raises(ValueError, match="as many tokens as values"):
+        curve_area([1, 2], [0.0], 20)
+    with pytest.raises(ValueError, match="cutoff"):
+        regret_at([0], [1.0], 0)
+
+
+# ---------------------------------------------------------------- token efficiency
+
+
+def test_tokens_to_reach_interpolates():
+    assert tokens_to_reach([0, 10, 30], [0.0, 0.5, 1.0], 0.75) == pytest.approx(20.0)
+    assert tokens_to_reach([0, 10], [0.6, 0.6], 0.5) == 0.0
+    assert tokens_to_reach([10], [1.0], 0.5) == pytest.approx(5.0)  # from the implicit (0, 0)
+    assert tokens_to_reach([0, 10], [0.0, 0.4], 0.5) is None
+
+
+def test_efficiency_ratios_on_constructed_curves():
+    # Model B reaches 0.5 in half the tokens of model A; model C never does.
+    a = tokens_to_reach([0, 40], [0.0, 1.0], 0.5)
+    b = tokens_to_reach([0, 20], [0.0, 1.0], 0.5)
+    c = tokens_to_reach([0, 40], [0.0, 0.25], 0.5)
+    assert (a, b, c) == (20.0, 10.0, None)
+    assert efficiency_ratios([a, b, c]) == [1.0, 0.5, None]
+    assert efficiency_ratios([0.0, 0.0, 5.0]) == [1.0, 1.0, None]
+    assert efficiency_ratios([None, 3.0]) == [None, None]
+
+
+def test_efficiency_table_defaults_to_fractions_of_the_first_models_best():
+    per_model = {
+        "a": {"accuracy_vs_budget": [{"budget": 0, "accuracy": 0.0}, {"budget": 40, "accuracy": 0.8}]},
+        "b": {"accuracy_vs_budget": [{"budget": 0, "accuracy": 0.0}, {"budget": 20, "accuracy": 0.8}]},
+    }
+    table = efficiency_table(per_model)
+    assert [row["target_accuracy"] for row in table] == [0.4, 0.4, 0.6, 0.6, 0.8, 0.8]
+    assert [row["tokens"] for row in table[:2]] == [pytest.approx(20.0), pytest.approx(10.0)]
+    assert all(row["ratio_to_first"] == pytest.approx(1.0 if row["model"] == "a" else 0.5) for row in table)
+
+
+# ---------------------------------------------------------------- tables from records
+
+
+def completion(j_tokens, j_values, budget_accuracy, outcome, tokens, ends, finished=True):
+    return {"text": "", "tokens": tokens, "finished": finished, "outcome": outcome, "episode_ends": ends,
+            "j_tokens": j_tokens, "j_values": j_values, "budget_accuracy": budget_accuracy}
+
+
+def test_summarize_hand_worked_records():
+    config = EvalConfig(models=["m"], max_tokens=40, budgets=[0, 20, 40], cutoffs=[20, 40])
+    records = [{"index": 0, "completions": [
+        # J 0 -> 1 after the first episode (10 tokens), finished right at 40 tokens.
+        completion([0, 10, 40], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0], 1.0, 40, [10, 40]),
+        # Never right, stops at 20 tokens.
+        completion([0, 20], [0.0, 0.0], [0.0, 0.0, 0.0], 0.0, 20, [20]),
+    ]}]
+    s = summarize(records, config)
+    assert s["accuracy"] == 0.5 and s["mean_tokens"] == 30 and s["mean_episodes"] == 1.5
+    assert [p["accuracy"] for p in s["accuracy_vs_budget"]] == [0.0, 0.5, 0.5]
+    # First completion: area to 20 = 5 + 10 = 15, regret 0.25; to 40: 5 + 30 = 35, regret 0.125.
+    assert [r["regret"] for r in s["regret"]] == [pytest.approx((0.25 + 1) / 2), pytest.approx((0.125 + 1) / 2)]
+    assert s["progress_per_episode"] == [{"episode": 1, "progress": 0.5, "count": 2},
+                                         {"episode": 2, "progress": 0.0, "count": 1}]
+    j = {p["tokens"]: p["J"] for p in s["j_curve"]}
+    assert j[0] == 0.0 and j[5] == pytest.approx(0.25) and j[40] == 0.5
+
+
+def test_unscorable_completions_are_left_out_of_the_means():
+    config = EvalConfig(models=["m"], max_tokens=10, budgets=[0, 10], cutoffs=[10])
+    records = [{"index": 0, "completions": [
+        completion([0, 10], [1.0, 1.0], [1.0, 1.0], 1.0, 10, [10]),
+        completion([0, 10], [None, None], [None, None], None, 10, [10]),
+    ]}]
+    s = summarize(records, config)
+    assert s["unscorable"] == 1 and s["accuracy"] == 1.0 and s["regret"][0]["regret"] == 0.0
+
+
+# ---------------------------------------------------------------- config and records
+
+
+def test_config_defaults_and_checks():
+    config = EvalConfig(models="m", max_tokens=64)
+    assert config.models == ["m"]
+    assert config.budgets == [0, 16, 32, 48, 64] and config.cutoffs == config.budgets[1:]
+    with pytest.raises(ValueError, match="EvalConfig.budgets"):
+        EvalConfig(max_tokens=16, budgets=[0, 32])
+    with pytest.raises(ValueError, match="EvalConfig.num_samples"):
+        EvalConfig(num_samples=0)
+    with pytest.raises(ValueError, match="EvalConfig.backend"):
+        EvalConfig(backend="tgi")
+    # More problems or other cutoffs reuse the records; another sampling setting does not.
+    assert EvalConfig(num_problems=8).fingerprint() == EvalConfig(num_problems=16, cutoffs=[5]).fingerprint()
+    assert EvalConfig().fingerprint() != EvalConfig(temperature=0.5).fingerprint()
+
+
+def test_records_with_a_cut_last_line_and_other_settings(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"fingerprint": "f", "index": 0}\n{"fingerprint": "f", "ind')
+    assert list(load_records(path, "f")) == [0]
+    assert path.read_text() == '{"fingerprint": "f", "index": 0}\n'  # the cut line is gone
+    with pytest.raises(ValueError, match="other settings"):
+        load_records(path, "g")
+
+
+def test_yaml_config_with_command_line_overrides(tmp_path):
+    from trl import TrlParser
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("models: [smollm2-135m, outputs/ckpt]\nnum_samples: 2\nbudgets: [0, 32, 64]\nprover_stop: ['}']\n")
+    (config,) = TrlParser((EvalConfig,)).parse_args_and_config(
+        args=["--config", str(path), "--num_samples", "3", "--cutoffs", "16", "64"])
+    assert config.models == ["smollm2-135m", "outputs/ckpt"] and config.num_samples == 3
+    assert config.budgets == [0, 32, 64] and config.cutoffs == [16, 64] and config.prover_stop == ["}"]
+
+
+def test_readme_shows_the_command_and_a_small_plot():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Evaluating test-time compute")[1].split("\n## ")[0]
+    assert "python scripts/eval_mrt.py --models" in section
+    image = section.split("](")[1].split(")")[0]
+    assert (root / image).is_file() and (root / image).stat().st_size < 150_000

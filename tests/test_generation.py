@@ -1,0 +1,45 @@
+"""Generation backends on the real SmolLM2: the vLLM path (when vllm is installed) and the transformers path
+return the same structure, stop where asked and repeat themselves for one seed."""
+
+import os
+
+import pytest
+
+
+def check_backend(generator):
+    tok = generator.tokenizer
+    prompts = [tok("What is 7 + 5? The answer is \\boxed{", add_special_tokens=False)["input_ids"],
+               tok("Count: one, two,", add_special_tokens=False)["input_ids"]]
+    out = generator.generate(prompts, n=2, max_tokens=6, temperature=1.0, stop=["}"], seed=1)
+    assert [len(group) for group in out] == [2, 2]
+    for group in out:
+        for s in group:
+            assert 0 < len(s.ids) <= 6
+            # A sample cut by max_tokens is not finished; one that wrote the stop string is.
+            if "}" in s.text:
+                assert s.finished
+            elif len(s.ids) == 6:
+                assert not s.finished
+    again = generator.generate(prompts, n=2, max_tokens=6, temperature=1.0, stop=["}"], seed=1)
+    assert [[s.ids for s in g] for g in again] == [[s.ids for s in g] for g in out]
+
+
+@pytest.mark.slow
+def test_transformers_backend(smollm2_path):
+    from mrt.generation import TransformersGenerator
+
+    generator = TransformersGenerator(smollm2_path)
+    check_backend(generator)
+    generator.close()
+
+
+@pytest.mark.slow
+def test_vllm_backend(smollm2_path):
+    pytest.importorskip("vllm")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from mrt.generation import VLLMGenerator, make_generator
+
+    generator = make_generator(smollm2_path, backend="auto", vllm_kwargs={"max_model_len": 512})
+    assert isinstance(generator, VLLMGenerator)
+    check_backend(generator)
+    generator.close()
