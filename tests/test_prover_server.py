@@ -167,6 +167,15 @@ def test_wrong_served_model_name_is_a_clear_error(server, tok):
 
 @needs_vllm
 @pytest.mark.slow
+def test_a_policy_tokenizer_that_differs_from_the_servers_is_refused(server, smollm2_path):
+    other = AutoTokenizer.from_pretrained(smollm2_path)
+    other.add_tokens(["Hmm"])  # one more word-level token: the probe text now splits differently here
+    with pytest.raises(ProverServerError, match="tokenizer does not match the policy's"):
+        ServerProver(server.url, other, timeout=30, max_retries=0)
+
+
+@needs_vllm
+@pytest.mark.slow
 def test_a_server_that_dies_is_retried_then_reported(server, tok):
     """Runs last: it kills the module's server between two calls, as a crash would."""
     prover = ServerProver(server.url, tok, timeout=30, max_retries=2)
