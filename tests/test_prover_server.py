@@ -34,7 +34,7 @@ def server(smollm2_path, tmp_path_factory):
     args = ["--enable-prefix-caching", "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048",
             "--max-num-seqs", "32"]
     log = tmp_path_factory.mktemp("vllm") / "serve.log"
-    with VLLMServer(smollm2_path, name="smollm2", args=args, log_path=log).start(timeout=300) as running:
+    with VLLMServer(smollm2_path, name="smollm2", args=args, log_path=log).start(timeout=480) as running:
         yield running
 
 
