@@ -24,7 +24,8 @@ from mrt.prover import build_batch, termination_suffix
 from mrt.prover_server import ServerProver
 from mrt.vllm_server import VLLMServer
 
-COMMON = ["--enforce-eager", "--max-model-len", "2048", "--max-num-seqs", "64"]
+# float32: this CPU has no native bf16 (AVX2 only), where vLLM runs bf16 far slower.
+COMMON = ["--enforce-eager", "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", "64"]
 
 
 def parse_args():

@@ -34,7 +34,7 @@ def server(smollm2_path, tmp_path_factory):
     args = ["--enable-prefix-caching", "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048",
             "--max-num-seqs", "32"]
     log = tmp_path_factory.mktemp("vllm") / "serve.log"
-    with VLLMServer(smollm2_path, name="smollm2", args=args, log_path=log).start(timeout=300) as running:
+    with VLLMServer(smollm2_path, name="smollm2", args=args, log_path=log).start(timeout=480) as running:
         yield running
 
 
@@ -163,6 +163,15 @@ def test_bad_server_fields_are_named(field, value, tmp_path):
 def test_wrong_served_model_name_is_a_clear_error(server, tok):
     with pytest.raises(ValueError, match="MRTConfig.prover_model = 'other'.*serves \\['smollm2'\\]"):
         ServerProver(server.url, tok, model="other", timeout=30, max_retries=0)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_policy_tokenizer_that_differs_from_the_servers_is_refused(server, smollm2_path):
+    other = AutoTokenizer.from_pretrained(smollm2_path)
+    other.add_tokens(["Hmm"])  # one more word-level token: the probe text now splits differently here
+    with pytest.raises(ProverServerError, match="tokenizer does not match the policy's"):
+        ServerProver(server.url, other, timeout=30, max_retries=0)
 
 
 @needs_vllm

@@ -144,7 +144,10 @@ class MRTConfig(GRPOConfig):
     )
     prover_batch_size: int = field(
         default=64,
-        metadata={"help": "Sequences per prover generate call on the transformers path (bounds memory)."},
+        metadata={
+            "help": "Sequences per prover generate call on the transformers path (bounds memory); with "
+            "prover='server', sequences (prompts x samples) per request to the server."
+        },
     )
 
     prover_server_url: str = field(

@@ -9,6 +9,7 @@ cache reads the prompt and earlier episodes shared by a completion's prefixes on
 requests: there is no collective call, so ranks with different numbers of prefixes cannot deadlock.
 """
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -53,8 +54,10 @@ class ServerProver:
     @classmethod
     def from_trainer(cls, trainer) -> "ServerProver":
         args = trainer.args
+        # A server started with `--api-key KEY` wants it: MRT_PROVER_API_KEY (no key: any text will do).
         return cls(args.prover_server_url, trainer._tokenizer, model=args.prover_model, timeout=args.prover_timeout,
-                   max_retries=args.prover_max_retries, requests_per_call=args.prover_batch_size)
+                   max_retries=args.prover_max_retries, requests_per_call=args.prover_batch_size,
+                   api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"))
 
     # ------------------------------------------------------------------ Prover protocol
 
