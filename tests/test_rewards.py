@@ -224,3 +224,16 @@ def test_main_thread_restores_alarm_handler_and_pending_timer(monkeypatch):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("text, gold, expected", [
+    ("To find 4 + 8, we add the two numbers.", "12", 0.0),  # restates the question: not an answer
+    ("Let me compute 12 - 4 step by step", "8", 0.0),
+    ("So 3*5", "15", 0.0),
+    ("4 + 8 = 12. Done.", "12", 1.0),  # the last value is the answer
+    ("The answer is 1/2", "1/2", 1.0),  # a fraction is an answer
+    ("so it is -3", "-3", 1.0),
+    ("So the answer is \\boxed{4+8}", "12", 1.0),  # a boxed expression is an explicit answer
+])
+def test_an_unboxed_restated_sum_is_not_an_answer(text, gold, expected):
+    assert score(text, gold) == expected

@@ -46,6 +46,8 @@ math_verify.grader.TIMEOUT_WARNING_SHOWN = True
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _WRAPPED = re.compile(r"\$|\\boxed|\\fbox|\\\(|\\\[")
+# Unboxed arithmetic between numbers ("4 + 8", "12 - 4", "3*5") is a restated question, not an answer.
+_UNEVALUATED = re.compile(r"\d\s*(?:[-+*\u00d7]|\\times|\\cdot)\s*\d")
 
 
 class _Deadline(BaseException):
@@ -236,6 +238,9 @@ def _parse_answer_raw(text: str) -> list:
     box = _last_box(text)
     if box is None:
         answer = _parse(text[-MAX_TAIL_CHARS:])
+        if len(answer) > 1 and _UNEVALUATED.search(str(answer[1])):
+            # "To find 4 + 8, ..." restates the question; math-verify would read "4 + 8" as 12.
+            return []
     else:
         content = box[1].strip()
         if not content or len(content) > MAX_ANSWER_CHARS or _nesting(content) > MAX_DEPTH:
