@@ -89,7 +89,12 @@ class Prover(Protocol):
 
 
 def make_prover(trainer) -> Prover:
-    """The prover backend the trainer's config asks for."""
+    """The prover backend the trainer's config asks for: mu = the policy through the trainer's own generation engine
+    (TRL's vLLM when `use_vllm`, else the transformers model)."""
+    if trainer.args.use_vllm:
+        from mrt.prover_vllm import VLLMPolicyProver  # imports nothing from vLLM until it generates
+
+        return VLLMPolicyProver(trainer)
     return PolicyProver(trainer)
 
 

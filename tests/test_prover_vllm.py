@@ -1,0 +1,175 @@
+"""mu = the current policy through TRL's own vLLM (real vLLM on CPU: the `vllm-cpu` package).
+
+CPU settings: TRL builds the colocated `vllm.LLM` itself and exposes no `enforce_eager`, so `VLLM_CPU_CI_ENV=1`
+makes vLLM's CPU platform trace the model once with the eager backend instead of compiling it with inductor (minutes
+on 2 cores). The model is served in float32 (a float32 view of the SmolLM2 folder): without AVX-512 bf16, vLLM's CPU
+matmuls in bfloat16 are slow, and float32 is what the trainer trains in.
+"""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
+
+import torch  # noqa: E402
+
+from mrt import MRTConfig, MRTTrainer  # noqa: E402
+from mrt.data import arithmetic_dataset, format_prompt  # noqa: E402
+from mrt.prover import PolicyProver, build_batch, success_rates  # noqa: E402
+from mrt.prover_vllm import VLLMPolicyProver  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+COMMON = dict(
+    use_cpu=True, bf16=False, report_to="none", gradient_checkpointing=False, save_strategy="no",
+    per_device_train_batch_size=4, num_generations=2, max_completion_length=16, logging_steps=1,
+    learning_rate=1e-5, beta=0.0, seed=0, model_init_kwargs={"dtype": torch.float32},
+    alpha=1.0, prover_num_samples=4, prover_max_tokens=6, termination_suffix="boxed", prover_stop=["}"],
+    use_vllm=True, vllm_gpu_memory_utilization=0.1, vllm_enable_sleep_mode=False,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def float32_model(smollm2_path, tmp_path_factory) -> str:
+    """The SmolLM2 folder with its config's dtype set to float32 (the weights are linked, not copied)."""
+    folder = tmp_path_factory.mktemp("smollm2-fp32")
+    for item in Path(smollm2_path).iterdir():
+        if item.name != "config.json":
+            (folder / item.name).symlink_to(item)
+    config = json.loads((Path(smollm2_path) / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dtype": "float32"}))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def colocate(float32_model, tmp_path_factory, monkeypatch_module):
+    """An MRTTrainer in vllm_mode='colocate', with every vllm.LLM construction counted."""
+    import vllm
+
+    # vLLM's colocate mode in TRL needs the torch.distributed variables even for one process.
+    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(free_port())).items():
+        monkeypatch_module.setenv(name, value)
+    built = []
+    init = vllm.LLM.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch_module.setattr(vllm.LLM, "__init__", counting_init)
+    args = MRTConfig(output_dir=str(tmp_path_factory.mktemp("out")), vllm_mode="colocate", max_steps=1, **COMMON)
+    trainer = MRTTrainer(model=float32_model, args=args, train_dataset=arithmetic_dataset(8, seed=0))
+    trainer.built_llms = built
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
+    trainer = colocate
+    assert isinstance(trainer.prover, VLLMPolicyProver)
+    assert len(trainer.built_llms) == 1, "a second vllm.LLM was built"
+    assert trainer.prover.vllm.llm is trainer.vllm_generation.llm is trainer.built_llms[0]
+
+    llm, calls = trainer.vllm_generation.llm, []
+    generate = llm.generate
+
+    def recording_generate(prompts, sampling_params=None, **kwargs):
+        calls.append((len(prompts), sampling_params))
+        return generate(prompts, sampling_params=sampling_params, **kwargs)
+
+    llm.generate = recording_generate
+    try:
+        trainer.train()
+    finally:
+        del llm.generate
+    assert len(trainer.built_llms) == 1
+
+    # One engine call for the rollouts (n=1 per prompt), then ONE for all prover requests (n = num_samples).
+    logs = trainer.state.log_history[0]
+    assert len(calls) == 2
+    (rollouts, policy_params), (requests, prover_params) = calls
+    assert rollouts == 4 and policy_params.n == 1
+    assert requests == logs["mrt/prover_requests"] and prover_params.n == 4
+    assert prover_params.max_tokens == 6 and prover_params.stop == ["}"]
+    assert prover_params.include_stop_str_in_output
+
+    record = trainer.last_progress
+    for ends, js in zip(record.ends, record.j_values):
+        assert len(js) == len(ends) + 1
+        assert all(0.0 <= j <= 1.0 and math.isclose(j * 4, round(j * 4)) for j in js[:-1])
+    # The advantages carry the bonus: sequence advantage + alpha * progress of each token's episode.
+    adv = record.advantages
+    assert adv.shape[0] == 4 and torch.isfinite(adv).all()
+    for row, seq, ends, js in zip(adv, record.sequence_advantages, record.ends, record.j_values):
+        assert row[0].item() == pytest.approx(seq.item() + (js[1] - js[0]), abs=1e-5)
+    assert math.isfinite(logs["loss"])
+    assert logs["mrt/prover_requests"] <= logs["mrt/prover_requests_asked"]
+
+
+def boxed_batch(trainer):
+    """A handful of prover requests whose success rates are not all 0 or 1: prefixes with and without the work."""
+    tok = trainer._tokenizer
+    problems = [("What is 7 + 5?", "12", "7 + 5 = 12."), ("What is 3 + 4?", "7", "3 + 4 = 7."),
+                ("What is 9 + 8?", "17", "9 + 8 = 17.")]
+    prompts, completions, lengths, golds = [], [], [], []
+    for problem, gold, work in problems:
+        prompts.append(tok.apply_chat_template(format_prompt(problem), add_generation_prompt=True, tokenize=True,
+                                               return_dict=False))
+        work_ids = tok(work, add_special_tokens=False)["input_ids"]
+        completions.append(work_ids)
+        lengths.append([0, len(work_ids)])
+        golds.append(gold)
+    return build_batch(prompts, completions, lengths, golds, trainer.suffix_ids, trainer.suffix_text,
+                       lambda ids: tok.decode(ids, skip_special_tokens=True))
+
+
+def test_vllm_success_rates_match_the_transformers_prover(colocate):
+    trainer, n = colocate, 48
+    trainer.vllm_generation.sync_weights()  # the engine holds the weights of the model after the training step
+    batch = boxed_batch(trainer)
+    decode = lambda samples: [trainer._tokenizer.batch_decode(s, skip_special_tokens=True) for s in samples]  # noqa
+    ask = dict(num_samples=n, max_tokens=6, temperature=1.0, stop=["}"])
+    by_vllm = success_rates(batch, decode(trainer.prover.generate(batch.prompts, **ask)))
+    torch.manual_seed(0)
+    by_transformers = success_rates(batch, decode(PolicyProver(trainer).generate(batch.prompts, **ask)))
+    assert 0 < sum(by_vllm) < len(by_vllm), f"success rates all 0 or all 1, nothing to compare: {by_vllm}"
+    for v, t in zip(by_vllm, by_transformers):
+        p = (v + t) / 2
+        # Two independent means of n Bernoulli draws: their difference has standard error sqrt(2 p (1-p) / n).
+        assert abs(v - t) <= 4 * math.sqrt(2 * p * (1 - p) / n) + 1.5 / n, (by_vllm, by_transformers)
+
+
+def test_vllm_likelihood_matches_the_transformers_prover(colocate):
+    trainer = colocate
+    trainer.vllm_generation.sync_weights()
+    tok = trainer._tokenizer
+    batch = boxed_batch(trainer)
+    answers = [tok(f"{g}}}$", add_special_tokens=False)["input_ids"] for g in batch.golds]
+    by_vllm = trainer.prover.likelihood(batch.prompts, answers)
+    by_transformers = PolicyProver(trainer).likelihood(batch.prompts, answers)
+    assert by_vllm == pytest.approx(by_transformers, abs=0.05)
+    with pytest.raises(ValueError, match="at least one token"):
+        trainer.prover.likelihood(batch.prompts[:1], [[]])
