@@ -33,9 +33,9 @@ pytestmark = pytest.mark.slow
 
 COMMON = dict(
     use_cpu=True, bf16=False, report_to="none", gradient_checkpointing=False, save_strategy="no",
-    per_device_train_batch_size=4, num_generations=2, max_completion_length=16, logging_steps=1,
+    per_device_train_batch_size=4, num_generations=2, max_completion_length=8, logging_steps=1,
     learning_rate=1e-5, beta=0.0, seed=0, model_init_kwargs={"dtype": torch.float32},
-    alpha=1.0, prover_num_samples=4, prover_max_tokens=6, termination_suffix="boxed", prover_stop=["}"],
+    alpha=1.0, prover_num_samples=4, prover_max_tokens=4, termination_suffix="boxed", prover_stop=["}"],
     use_vllm=True, vllm_gpu_memory_utilization=0.1, vllm_enable_sleep_mode=False,
 )
 
@@ -113,7 +113,7 @@ def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
     (rollouts, policy_params), (requests, prover_params) = calls
     assert rollouts == 4 and policy_params.n == 1
     assert requests == logs["mrt/prover_requests"] and prover_params.n == 4
-    assert prover_params.max_tokens == 6 and prover_params.stop == ["}"]
+    assert prover_params.max_tokens == 4 and prover_params.stop == ["}"]
     assert prover_params.include_stop_str_in_output
 
     record = trainer.last_progress
@@ -132,8 +132,7 @@ def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
 def boxed_batch(trainer):
     """A handful of prover requests whose success rates are not all 0 or 1: prefixes with and without the work."""
     tok = trainer._tokenizer
-    problems = [("What is 7 + 5?", "12", "7 + 5 = 12."), ("What is 3 + 4?", "7", "3 + 4 = 7."),
-                ("What is 9 + 8?", "17", "9 + 8 = 17.")]
+    problems = [("What is 7 + 5?", "12", "7 + 5 = 12."), ("What is 9 + 8?", "17", "9 + 8 = 17.")]
     prompts, completions, lengths, golds = [], [], [], []
     for problem, gold, work in problems:
         prompts.append(tok.apply_chat_template(format_prompt(problem), add_generation_prompt=True, tokenize=True,
@@ -147,11 +146,11 @@ def boxed_batch(trainer):
 
 
 def test_vllm_success_rates_match_the_transformers_prover(colocate):
-    trainer, n = colocate, 48
+    trainer, n = colocate, 24
     trainer.vllm_generation.sync_weights()  # the engine holds the weights of the model after the training step
     batch = boxed_batch(trainer)
     decode = lambda samples: [trainer._tokenizer.batch_decode(s, skip_special_tokens=True) for s in samples]  # noqa
-    ask = dict(num_samples=n, max_tokens=6, temperature=1.0, stop=["}"])
+    ask = dict(num_samples=n, max_tokens=4, temperature=1.0, stop=["}"])
     by_vllm = success_rates(batch, decode(trainer.prover.generate(batch.prompts, **ask)))
     torch.manual_seed(0)
     by_transformers = success_rates(batch, decode(PolicyProver(trainer).generate(batch.prompts, **ask)))
@@ -173,3 +172,99 @@ def test_vllm_likelihood_matches_the_transformers_prover(colocate):
     assert by_vllm == pytest.approx(by_transformers, abs=0.05)
     with pytest.raises(ValueError, match="at least one token"):
         trainer.prover.likelihood(batch.prompts[:1], [[]])
+
+
+# ---------------------------------------------------------------- vllm_mode="server"
+
+
+@pytest.fixture(scope="module")
+def server(float32_model, tmp_path_factory):
+    """A real vLLM server on CPU (`vllm serve`, as TRL's VLLMClient expects it) on a free localhost port."""
+    import requests
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", float32_model, "--host", "127.0.0.1",
+               "--port", str(port), "--enforce-eager", "--gpu-memory-utilization", "0.1", "--max-model-len", "1024",
+               "--max-num-seqs", "16", "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm serve did not come up in 300 s:\n{log.read_text()[-3000:]}")
+            time.sleep(2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_server_mode_trains_with_mu_from_the_trainers_client(server, float32_model, tmp_path, monkeypatch):
+    """A whole MRT step in vllm_mode='server' against the real CPU server. TRL's weight push to the server runs on
+    vLLM's NCCL weight-transfer engine, which needs CUDA: only that part (init_communicator, sync_weights) is stubbed,
+    so the server keeps the initial weights, which are also the trainer's at step 0."""
+    from trl.generation.vllm_client import VLLMClient
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    monkeypatch.setattr(VLLMClient, "init_communicator", lambda self, device=0: None)
+    monkeypatch.setattr(VLLMGeneration, "sync_weights", lambda self: None)
+    args = MRTConfig(output_dir=str(tmp_path / "out"), vllm_mode="server", vllm_server_base_url=server,
+                     max_steps=1, **COMMON)
+    trainer = MRTTrainer(model=float32_model, args=args, train_dataset=arithmetic_dataset(8, seed=0))
+    assert isinstance(trainer.prover, VLLMPolicyProver)
+    client, calls = trainer.vllm_generation.vllm_client, []
+    generate = client.generate
+
+    def recording_generate(**kwargs):
+        calls.append(kwargs)
+        return generate(**kwargs)
+
+    client.generate = recording_generate
+    trainer.train()
+    logs = trainer.state.log_history[0]
+    # The rollouts (2 prompts, n=2), then ONE call for all prover requests with the prover's settings.
+    assert len(calls) == 2 and calls[0]["n"] == 2
+    prover = calls[1]
+    assert len(prover["prompts"]) == logs["mrt/prover_requests"] and prover["n"] == 4
+    assert prover["max_tokens"] == 4 and prover["logprobs"] is None
+    assert prover["generation_kwargs"]["stop"] == ["}"] and prover["generation_kwargs"]["include_stop_str_in_output"]
+    for ends, js in zip(trainer.last_progress.ends, trainer.last_progress.j_values):
+        assert len(js) == len(ends) + 1 and all(0.0 <= j <= 1.0 for j in js)
+    assert math.isfinite(logs["loss"])
+
+
+def test_server_mode_gathers_every_ranks_requests_into_one_call(server, tmp_path):
+    """2 gloo ranks with unequal requests: one server call on the main process, each rank gets its own share back
+    (checked against asking the server for each rank's requests alone, greedily)."""
+    from trl.generation.vllm_client import VLLMClient
+
+    script = Path(__file__).with_name("vllm_server_ranks.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(free_port()), str(script), server, str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["calls"] == [5] and ranks[1]["calls"] == []  # 2 + 3 requests, one call, on the main process
+    client = VLLMClient(base_url=server)
+    for record in ranks:
+        alone = client.generate(prompts=record["requests"], n=2, temperature=0.0, max_tokens=5, logprobs=None)
+        expected = [alone["completion_ids"][2 * k:2 * k + 2] for k in range(len(record["requests"]))]
+        assert [[[t for t in s if t != 2] for s in group] for group in expected] == record["samples"]
+        assert len(record["logps"]) == len(record["requests"]) and all(v < 0 for v in record["logps"])
