@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 COMMON = dict(
     use_cpu=True, bf16=False, report_to="none", gradient_checkpointing=False, save_strategy="no",
-    per_device_train_batch_size=4, num_generations=2, max_completion_length=8, logging_steps=1,
+    per_device_train_batch_size=8, num_generations=4, max_completion_length=8, logging_steps=1,
     learning_rate=1e-5, beta=0.0, seed=0, model_init_kwargs={"dtype": torch.float32},
     alpha=1.0, prover_num_samples=4, prover_max_tokens=4, termination_suffix="boxed", prover_stop=["}"],
     use_vllm=True, vllm_gpu_memory_utilization=0.1, vllm_enable_sleep_mode=False,
@@ -107,11 +107,12 @@ def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
         del llm.generate
     assert len(trainer.built_llms) == 1
 
-    # One engine call for the rollouts (n=1 per prompt), then ONE for all prover requests (n = num_samples).
+    # One engine call for the rollouts (TRL asks n=1 per completion), then ONE for all prover requests (n = samples).
+    # TRL sizes the engine's max_num_seqs as per_device_train_batch_size * steps_per_generation: 8 here.
     logs = trainer.state.log_history[0]
     assert len(calls) == 2
     (rollouts, policy_params), (requests, prover_params) = calls
-    assert rollouts == 4 and policy_params.n == 1
+    assert rollouts == 8 and policy_params.n == 1
     assert requests == logs["mrt/prover_requests"] and prover_params.n == 4
     assert prover_params.max_tokens == 4 and prover_params.stop == ["}"]
     assert prover_params.include_stop_str_in_output
@@ -122,7 +123,7 @@ def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
         assert all(0.0 <= j <= 1.0 and math.isclose(j * 4, round(j * 4)) for j in js[:-1])
     # The advantages carry the bonus: sequence advantage + alpha * progress of each token's episode.
     adv = record.advantages
-    assert adv.shape[0] == 4 and torch.isfinite(adv).all()
+    assert adv.shape[0] == 8 and torch.isfinite(adv).all()
     for row, seq, ends, js in zip(adv, record.sequence_advantages, record.ends, record.j_values):
         assert row[0].item() == pytest.approx(seq.item() + (js[1] - js[0]), abs=1e-5)
     assert math.isfinite(logs["loss"])
@@ -146,7 +147,7 @@ def boxed_batch(trainer):
 
 
 def test_vllm_success_rates_match_the_transformers_prover(colocate):
-    trainer, n = colocate, 24
+    trainer, n = colocate, 16
     trainer.vllm_generation.sync_weights()  # the engine holds the weights of the model after the training step
     batch = boxed_batch(trainer)
     decode = lambda samples: [trainer._tokenizer.batch_decode(s, skip_special_tokens=True) for s in samples]  # noqa
@@ -185,9 +186,12 @@ def server(float32_model, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", float32_model, "--host", "127.0.0.1",
-               "--port", str(port), "--enforce-eager", "--gpu-memory-utilization", "0.1", "--max-model-len", "1024",
-               "--max-num-seqs", "16", "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1"]
+    # Not `vllm serve` (vllm.entrypoints.cli.main): it asks for the "vllm" distribution, and the CPU build is
+    # "vllm-cpu". The OpenAI server module takes the same arguments.
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", float32_model,
+               "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--gpu-memory-utilization", "0.1",
+               "--max-model-len", "1024", "--max-num-seqs", "16", "--logprobs-mode", "processed_logprobs",
+               "--max-logprobs", "-1"]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -236,8 +240,8 @@ def test_server_mode_trains_with_mu_from_the_trainers_client(server, float32_mod
     client.generate = recording_generate
     trainer.train()
     logs = trainer.state.log_history[0]
-    # The rollouts (2 prompts, n=2), then ONE call for all prover requests with the prover's settings.
-    assert len(calls) == 2 and calls[0]["n"] == 2
+    # The rollouts (2 prompts, n=4), then ONE call for all prover requests with the prover's settings.
+    assert len(calls) == 2 and calls[0]["n"] == 4
     prover = calls[1]
     assert len(prover["prompts"]) == logs["mrt/prover_requests"] and prover["n"] == 4
     assert prover["max_tokens"] == 4 and prover["logprobs"] is None
