@@ -87,6 +87,62 @@ def monkeypatch_module():
         yield mp
 
 
+def boxed_batch(trainer):
+    """A handful of prover requests whose success rates are not all 0 or 1: prefixes with and without the work."""
+    tok = trainer._tokenizer
+    problems = [("What is 7 + 5?", "12", "7 + 5 = 12."), ("What is 9 + 8?", "17", "9 + 8 = 17.")]
+    prompts, completions, lengths, golds = [], [], [], []
+    for problem, gold, work in problems:
+        prompts.append(tok.apply_chat_template(format_prompt(problem), add_generation_prompt=True, tokenize=True,
+                                               return_dict=False))
+        work_ids = tok(work, add_special_tokens=False)["input_ids"]
+        completions.append(work_ids)
+        lengths.append([0, len(work_ids)])
+        golds.append(gold)
+    return build_batch(prompts, completions, lengths, golds, trainer.suffix_ids, trainer.suffix_text,
+                       lambda ids: tok.decode(ids, skip_special_tokens=True))
+
+
+@pytest.fixture(scope="module")
+def reference(float32_model, tmp_path_factory):
+    """The transformers PolicyProver on the same model (TRL sets up transformers generation only without vLLM)."""
+    args = MRTConfig(output_dir=str(tmp_path_factory.mktemp("ref")), **{**COMMON, "use_vllm": False})
+    return PolicyProver(MRTTrainer(model=float32_model, args=args, train_dataset=arithmetic_dataset(8, seed=0)))
+
+
+# These two run before the training test: the colocated engine still holds the weights it loaded, which are the
+# reference model's.
+def test_vllm_success_rates_match_the_transformers_prover(colocate, reference):
+    trainer, n = colocate, 16
+    batch = boxed_batch(trainer)
+    decode = lambda samples: [trainer._tokenizer.batch_decode(s, skip_special_tokens=True) for s in samples]  # noqa
+    ask = dict(num_samples=n, max_tokens=4, temperature=1.0, stop=["}"])
+    by_vllm = success_rates(batch, decode(trainer.prover.generate(batch.prompts, **ask)))
+    torch.manual_seed(0)
+    by_transformers = success_rates(batch, decode(reference.generate(batch.prompts, **ask)))
+    assert 0 < sum(by_vllm) < len(by_vllm), f"success rates all 0 or all 1, nothing to compare: {by_vllm}"
+    # Two independent means of m Bernoulli draws differ with standard error sqrt(2 p (1-p) / m): per request
+    # (m = n) and pooled over the requests (m = n * requests).
+    pairs = list(zip(by_vllm, by_transformers)) + [(sum(by_vllm) / len(by_vllm),
+                                                     sum(by_transformers) / len(by_transformers))]
+    sizes = [n] * len(by_vllm) + [n * len(by_vllm)]
+    for (v, t), m in zip(pairs, sizes):
+        p = (v + t) / 2
+        assert abs(v - t) <= 4 * math.sqrt(2 * p * (1 - p) / m) + 1.5 / m, (by_vllm, by_transformers)
+
+
+def test_vllm_likelihood_matches_the_transformers_prover(colocate, reference):
+    trainer = colocate
+    tok = trainer._tokenizer
+    batch = boxed_batch(trainer)
+    answers = [tok(f"{g}}}$", add_special_tokens=False)["input_ids"] for g in batch.golds]
+    by_vllm = trainer.prover.likelihood(batch.prompts, answers)
+    by_transformers = reference.likelihood(batch.prompts, answers)
+    assert by_vllm == pytest.approx(by_transformers, abs=0.05)
+    with pytest.raises(ValueError, match="at least one token"):
+        trainer.prover.likelihood(batch.prompts[:1], [[]])
+
+
 def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
     trainer = colocate
     assert isinstance(trainer.prover, VLLMPolicyProver)
@@ -128,51 +184,6 @@ def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
         assert row[0].item() == pytest.approx(seq.item() + (js[1] - js[0]), abs=1e-5)
     assert math.isfinite(logs["loss"])
     assert logs["mrt/prover_requests"] <= logs["mrt/prover_requests_asked"]
-
-
-def boxed_batch(trainer):
-    """A handful of prover requests whose success rates are not all 0 or 1: prefixes with and without the work."""
-    tok = trainer._tokenizer
-    problems = [("What is 7 + 5?", "12", "7 + 5 = 12."), ("What is 9 + 8?", "17", "9 + 8 = 17.")]
-    prompts, completions, lengths, golds = [], [], [], []
-    for problem, gold, work in problems:
-        prompts.append(tok.apply_chat_template(format_prompt(problem), add_generation_prompt=True, tokenize=True,
-                                               return_dict=False))
-        work_ids = tok(work, add_special_tokens=False)["input_ids"]
-        completions.append(work_ids)
-        lengths.append([0, len(work_ids)])
-        golds.append(gold)
-    return build_batch(prompts, completions, lengths, golds, trainer.suffix_ids, trainer.suffix_text,
-                       lambda ids: tok.decode(ids, skip_special_tokens=True))
-
-
-def test_vllm_success_rates_match_the_transformers_prover(colocate):
-    trainer, n = colocate, 16
-    trainer.vllm_generation.sync_weights()  # the engine holds the weights of the model after the training step
-    batch = boxed_batch(trainer)
-    decode = lambda samples: [trainer._tokenizer.batch_decode(s, skip_special_tokens=True) for s in samples]  # noqa
-    ask = dict(num_samples=n, max_tokens=4, temperature=1.0, stop=["}"])
-    by_vllm = success_rates(batch, decode(trainer.prover.generate(batch.prompts, **ask)))
-    torch.manual_seed(0)
-    by_transformers = success_rates(batch, decode(PolicyProver(trainer).generate(batch.prompts, **ask)))
-    assert 0 < sum(by_vllm) < len(by_vllm), f"success rates all 0 or all 1, nothing to compare: {by_vllm}"
-    for v, t in zip(by_vllm, by_transformers):
-        p = (v + t) / 2
-        # Two independent means of n Bernoulli draws: their difference has standard error sqrt(2 p (1-p) / n).
-        assert abs(v - t) <= 4 * math.sqrt(2 * p * (1 - p) / n) + 1.5 / n, (by_vllm, by_transformers)
-
-
-def test_vllm_likelihood_matches_the_transformers_prover(colocate):
-    trainer = colocate
-    trainer.vllm_generation.sync_weights()
-    tok = trainer._tokenizer
-    batch = boxed_batch(trainer)
-    answers = [tok(f"{g}}}$", add_special_tokens=False)["input_ids"] for g in batch.golds]
-    by_vllm = trainer.prover.likelihood(batch.prompts, answers)
-    by_transformers = PolicyProver(trainer).likelihood(batch.prompts, answers)
-    assert by_vllm == pytest.approx(by_transformers, abs=0.05)
-    with pytest.raises(ValueError, match="at least one token"):
-        trainer.prover.likelihood(batch.prompts[:1], [[]])
 
 
 # ---------------------------------------------------------------- vllm_mode="server"
@@ -265,10 +276,16 @@ def test_server_mode_gathers_every_ranks_requests_into_one_call(server, tmp_path
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
-    assert ranks[0]["calls"] == [5] and ranks[1]["calls"] == []  # 2 + 3 requests, one call, on the main process
+    # 2 + 3 requests, one call per generate, on the main process only.
+    assert ranks[0]["calls"] == [5, 5] and ranks[1]["calls"] == []
     client = VLLMClient(base_url=server)
     for record in ranks:
-        alone = client.generate(prompts=record["requests"], n=2, temperature=0.0, max_tokens=5, logprobs=None)
-        expected = [alone["completion_ids"][2 * k:2 * k + 2] for k in range(len(record["requests"]))]
-        assert [[[t for t in s if t != 2] for s in group] for group in expected] == record["samples"]
+        alone = client.generate(prompts=record["requests"], n=1, temperature=0.0, max_tokens=5, logprobs=None)
+        expected = [[ids[:ids.index(2)] if 2 in ids else ids] for ids in alone["completion_ids"]]
+        assert record["greedy"] == expected
+        assert [len(group) for group in record["sampled"]] == [3] * len(record["requests"])
+        assert all(1 <= len(s) <= 5 for group in record["sampled"] for s in group)
         assert len(record["logps"]) == len(record["requests"]) and all(v < 0 for v in record["logps"])
+        direct = client.get_sequence_logprobs([r + [28, 30] for r in record["requests"]],
+                                              [len(r) for r in record["requests"]], top_logprobs=0)
+        assert record["logps"] == pytest.approx([sum(lp[0] for lp in row) for row in direct["actual_logprobs"]])

@@ -44,10 +44,12 @@ def main(base_url: str, out: Path) -> None:
     )
     prover = VLLMPolicyProver(trainer)
     mine = REQUESTS[rank]
-    samples = prover.generate(mine, num_samples=2, max_tokens=5, temperature=0.0, stop=None)
+    greedy = prover.generate(mine, num_samples=1, max_tokens=5, temperature=0.0, stop=None)  # vLLM: greedy needs n=1
+    sampled = prover.generate(mine, num_samples=3, max_tokens=5, temperature=1.0, stop=None)
     logps = prover.likelihood(mine, [[28, 30]] * len(mine))
     (out / f"rank{rank}.json").write_text(json.dumps(
-        {"rank": rank, "world": accelerator.num_processes, "requests": mine, "samples": samples, "logps": logps,
+        {"rank": rank, "world": accelerator.num_processes, "requests": mine, "greedy": greedy, "sampled": sampled,
+         "logps": logps,
          "calls": calls}))
     accelerator.wait_for_everyone()
 
