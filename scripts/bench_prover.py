@@ -108,13 +108,14 @@ def main() -> None:
         init = vllm.LLM.__init__
         vllm.LLM.__init__ = lambda self, *a, **kw: init(self, *a, **{**kw, "enable_prefix_caching": False})
     model = float32_view(args.model or str(smollm2_folder()))
-    config = MRTConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-prover-"), use_cpu=True, bf16=False, report_to="none",
-        gradient_checkpointing=False, per_device_train_batch_size=args.samples, num_generations=2,
-        model_init_kwargs={"dtype": torch.float32}, termination_suffix="boxed", prover_stop=["}"],
-        prover_batch_size=max(64, args.samples), use_vllm=True, vllm_mode="colocate",
-        vllm_gpu_memory_utilization=0.1, vllm_enable_sleep_mode=False,
+    common = dict(
+        use_cpu=True, bf16=False, report_to="none", gradient_checkpointing=False,
+        per_device_train_batch_size=args.samples, num_generations=2, model_init_kwargs={"dtype": torch.float32},
+        termination_suffix="boxed", prover_stop=["}"], prover_batch_size=max(64, args.samples),
     )
+    # per_device_train_batch_size sets the colocated engine's max_num_seqs (TRL: batch * steps_per_generation).
+    config = MRTConfig(output_dir=tempfile.mkdtemp(prefix="bench-prover-"), use_vllm=True, vllm_mode="colocate",
+                       vllm_gpu_memory_utilization=0.1, vllm_enable_sleep_mode=False, **common)
     trainer = MRTTrainer(model=model, args=config, train_dataset=arithmetic_dataset(4, seed=0))
     engine = trainer.vllm_generation.llm
     caching = engine.llm_engine.vllm_config.cache_config.enable_prefix_caching
@@ -132,7 +133,10 @@ def main() -> None:
         rows.append(timed("vllm colocate (prefix caching on, cache emptied before each call)", vllm_call, batch,
                           args.repeats, before=engine.reset_prefix_cache))
     if not args.skip_transformers:
-        policy = PolicyProver(trainer)
+        # TRL sets up transformers generation only without vLLM: a second trainer on the same model for this path.
+        plain = MRTConfig(output_dir=tempfile.mkdtemp(prefix="bench-prover-"), **common)
+        policy = PolicyProver(MRTTrainer(model=model, args=plain, train_dataset=arithmetic_dataset(4, seed=0)))
+        policy.generate(batch.prompts[:1], **ask)  # warm-up
         rows.append(timed("transformers PolicyProver", lambda: policy.generate(batch.prompts, **ask), batch,
                           args.repeats))
     if args.out:
