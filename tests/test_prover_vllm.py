@@ -138,7 +138,9 @@ def test_vllm_likelihood_matches_the_transformers_prover(colocate, reference):
     answers = [tok(f"{g}}}$", add_special_tokens=False)["input_ids"] for g in batch.golds]
     by_vllm = trainer.prover.likelihood(batch.prompts, answers)
     by_transformers = reference.likelihood(batch.prompts, answers)
-    assert by_vllm == pytest.approx(by_transformers, abs=0.05)
+    # Both float32, yet vLLM's CPU kernels sum differently: up to 0.09 nats apart over these 2-4 tokens here. An
+    # answer token read at the wrong position would be several nats off.
+    assert by_vllm == pytest.approx(by_transformers, abs=0.15)
     with pytest.raises(ValueError, match="at least one token"):
         trainer.prover.likelihood(batch.prompts[:1], [[]])
 
