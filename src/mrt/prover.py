@@ -89,11 +89,17 @@ class Prover(Protocol):
 
 
 def make_prover(trainer) -> Prover:
-    """The prover backend the trainer's config asks for."""
+    """The prover backend the trainer's config asks for: a frozen mu on its own vLLM server (`prover: server`),
+    or mu = the policy through the trainer's own generation engine (TRL's vLLM when `use_vllm`, else the
+    transformers model)."""
     if trainer.args.prover == "server":
         from mrt.prover_server import ServerProver  # needs the `openai` package (the `server` extra)
 
         return ServerProver.from_trainer(trainer)
+    if trainer.args.use_vllm:
+        from mrt.prover_vllm import VLLMPolicyProver  # imports nothing from vLLM until it generates
+
+        return VLLMPolicyProver(trainer)
     return PolicyProver(trainer)
 
 
