@@ -94,7 +94,8 @@ class MRTConfig(GRPOConfig):
     prover: str = field(
         default="policy",
         metadata={
-            "help": "Where mu comes from. 'policy': the current policy through the trainer's own generation. "
+            "help": "Where mu comes from. 'policy': the current policy through the trainer's own generation engine "
+            "(TRL's vLLM engine or client when `use_vllm`, else the transformers model; no second copy). "
             "'server': a frozen model served by `vllm serve MODEL --enable-prefix-caching` at `prover_server_url` "
             "(it must use the policy's tokenizer).",
             "choices": list(PROVERS),
