@@ -57,3 +57,66 @@ def test_branched_prover_samples_equal_plain_generation_on_cuda(tiny_model_path,
         eos = {*trainer.eos_token_ids, tok.pad_token_id}
         expected = out[:next((k for k, t in enumerate(out) if t in eos), len(out))]
         assert group == [expected, expected]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL weight sync needs the server on a second GPU")
+def test_server_mode_pushes_the_trained_weights_to_the_vllm_server(tiny_model_path, tmp_path):
+    """vllm_mode='server' on GPUs: `trl vllm-serve` on GPU 1, training on GPU 0. After training and TRL's NCCL weight
+    push, mu's log-probabilities through the server are the trained model's, not the initial model's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    pytest.importorskip("vllm")
+    import requests
+
+    from mrt.prover_vllm import VLLMPolicyProver
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    trl = Path(sys.executable).with_name("trl")
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([str(trl), "vllm-serve", "--model", tiny_model_path, "--port", str(port),
+                               "--host", "127.0.0.1", "--gpu_memory_utilization", "0.3", "--enforce_eager", "true"],
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health/", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "trl vllm-serve did not start in 600 s"
+            time.sleep(2)
+        args = MRTConfig(output_dir=str(tmp_path / "out"), bf16=False, max_steps=2, use_vllm=True,
+                         vllm_mode="server", vllm_server_base_url=f"http://127.0.0.1:{port}",
+                         termination_suffix="boxed", prover_stop=["}"], **{**CUDA, "learning_rate": 5e-2})
+        trainer = MRTTrainer(model=tiny_model_path, args=args, train_dataset=arithmetic_dataset(16, seed=0))
+        assert isinstance(trainer.prover, VLLMPolicyProver)
+        tok, model = trainer._tokenizer, trainer.model
+        prompt = tok.apply_chat_template([{"role": "user", "content": "What is 7 + 5?"}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+        answer = tok("12}$", add_special_tokens=False)["input_ids"]
+
+        def local_logprob() -> float:
+            ids = torch.tensor([prompt + answer], device=model.device)
+            with torch.no_grad():
+                logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            return sum(logps[len(prompt) - 1 + k, a].item() for k, a in enumerate(answer))
+
+        initial = local_logprob()
+        trainer.train()
+        trainer.vllm_generation.sync_weights()  # TRL pushes before each generation; push the final weights too
+        trained = local_logprob()
+        assert abs(trained - initial) > 0.05, "training did not move the answer's log-probability"
+        (served,) = trainer.prover.likelihood([prompt], [answer])
+        assert served == pytest.approx(trained, abs=0.02)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
