@@ -175,6 +175,13 @@ def episode_ends(pieces: Sequence[str], rules: EpisodeRules) -> list[int]:
     return _merge_evenly(boundaries + [n], rules.max_episodes)
 
 
+def resolve_thinking_tag(tag: str | None, tokenizer) -> str | None:
+    """The end-of-thinking tag to use: 'auto' is '</think>' when the tokenizer has it as a token, else none."""
+    if tag == "auto":
+        return "</think>" if "</think>" in tokenizer.get_vocab() else None
+    return tag or None
+
+
 def prefix_lengths(ends: Sequence[int]) -> list[int]:
     """Prover prefix lengths b_0..b_{H-1}: the token count before each episode, [0] + ends[:-1]."""
     if not ends:

@@ -19,8 +19,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mrt.episodes import EpisodeRules, prefix_lengths, split_completion
+from mrt.episodes import EpisodeRules, prefix_lengths, resolve_thinking_tag, split_completion
 from mrt.progress import curve_value, efficiency_ratios, progress, regret_at, tokens_to_reach
+from mrt.generation import BACKENDS
 from mrt.prover import build_batch, success_rates, termination_suffix
 from mrt.rewards import score
 
@@ -93,8 +94,7 @@ class EvalConfig:
         _check(self.temperature >= 0, "temperature", self.temperature, ">= 0")
         _check(self.prover_temperature is None or self.prover_temperature >= 0, "prover_temperature",
                self.prover_temperature, "None or >= 0")
-        _check(self.backend in ("auto", "transformers", "vllm"), "backend", self.backend,
-               "'auto', 'transformers' or 'vllm'")
+        _check(self.backend in BACKENDS, "backend", self.backend, f"one of {BACKENDS}")
         if self.budgets is None:
             self.budgets = sorted({round(self.max_tokens * k / 4) for k in range(5)})
         self.budgets = sorted(set(int(b) for b in self.budgets))
@@ -136,9 +136,7 @@ class ProblemSetup:
 
 
 def make_setup(config: EvalConfig, tokenizer) -> ProblemSetup:
-    tag = config.end_of_thinking_tag
-    if tag == "auto":
-        tag = "</think>" if "</think>" in tokenizer.get_vocab() else None
+    tag = resolve_thinking_tag(config.end_of_thinking_tag, tokenizer)
     rules = EpisodeRules(max_episodes=config.max_episodes, min_paragraphs_between=config.min_paragraphs_between,
                          fallback=config.episode_fallback, chunk_tokens=config.episode_chunk_tokens,
                          end_of_thinking_tag=tag)

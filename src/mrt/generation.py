@@ -78,11 +78,11 @@ class TransformersGenerator:
             eos.append(self.tokenizer.eos_token_id)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token_id = eos[0]
+        self.eos_ids = sorted(set(eos))
         # What PolicyProver reads from its trainer.
         self._prover = PolicyProver(SimpleNamespace(
             accelerator=SimpleNamespace(device=self.model.device), _tokenizer=self.tokenizer,
-            eos_token_ids=sorted(set(eos))))
-        self.eos_ids = sorted(set(eos))
+            eos_token_ids=self.eos_ids))
 
     def generate(self, prompts, n, max_tokens, temperature, stop=None, seed=0):
         import torch

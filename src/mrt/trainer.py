@@ -10,7 +10,7 @@ from trl import GRPOTrainer
 
 from mrt.config import MRTConfig
 from mrt.data import require_columns
-from mrt.episodes import EpisodeRules, prefix_lengths, split_completion
+from mrt.episodes import EpisodeRules, prefix_lengths, resolve_thinking_tag, split_completion
 from mrt.progress import episode_bonus, progress, regret, termination_advantages, token_advantages
 from mrt.prover import ProverBatch, build_batch, likelihood_rates, make_prover, success_rates, termination_suffix
 from mrt.rewards import make_accuracy_reward, score
@@ -56,10 +56,7 @@ class MRTTrainer(GRPOTrainer):
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
 
-        tag = args.end_of_thinking_tag
-        if tag == "auto":
-            tag = "</think>" if "</think>" in self._tokenizer.get_vocab() else None
-        self.end_of_thinking_tag = tag
+        tag = self.end_of_thinking_tag = resolve_thinking_tag(args.end_of_thinking_tag, self._tokenizer)
         self.episode_rules = EpisodeRules(
             markers=tuple(args.episode_markers), min_paragraphs_between=args.min_paragraphs_between,
             max_episodes=args.max_episodes, fallback=args.episode_fallback, chunk_tokens=args.episode_chunk_tokens,
