@@ -46,8 +46,7 @@ def worker(argv: list[str], out: Path) -> None:
     """One rank: train as scripts/train_mrt_rl.py does, then write rank<r>.json."""
     from trl import ModelConfig, TrlParser
 
-    sys.path.insert(0, str(HERE))
-    from train_mrt_rl import MRTScriptArguments, build_trainer
+    from mrt.cli import MRTScriptArguments, build_trainer
 
     from mrt import MRTConfig
 

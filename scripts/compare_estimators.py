@@ -17,11 +17,9 @@ from pathlib import Path
 
 from trl import GRPOTrainer, ModelConfig, TrlParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_mrt_rl import MRTScriptArguments, build_trainer  # noqa: E402
-
-from mrt import MRTConfig  # noqa: E402
-from mrt.progress import progress  # noqa: E402
+from mrt import MRTConfig
+from mrt.cli import MRTScriptArguments, build_trainer
+from mrt.progress import progress
 
 
 @dataclass

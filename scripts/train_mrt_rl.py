@@ -1,73 +1,12 @@
-"""Train a model with MRT (or GRPO, alpha 0).
+"""Train a model with MRT (or GRPO, alpha 0); the same command as the installed `mrt-train`.
 
     accelerate launch [--config_file configs/accelerate/zero3.yaml] scripts/train_mrt_rl.py \
         --config configs/mrt_smollm2_arithmetic.yaml [--any_field value ...]
 
-Also runs as `python scripts/train_mrt_rl.py --config ...`. Every field of MRTScriptArguments, MRTConfig and TRL's
-ModelConfig can be set in the YAML file and overridden on the command line.
+Also runs as `python scripts/train_mrt_rl.py --config ...`. The arguments and the trainer are in mrt.cli.
 """
 
-import logging
-from dataclasses import dataclass, field
-
-from trl import ModelConfig, ScriptArguments, TrlParser
-
-from mrt import MRTConfig, MRTTrainer
-from mrt.data import SYSTEM_PROMPT, load_problems
-from mrt.models import resolve_model
-
-
-@dataclass
-class MRTScriptArguments(ScriptArguments):
-    dataset_name: str | None = field(
-        default="arithmetic",
-        metadata={"help": "'arithmetic[:difficulty]' (built in), a local JSON/JSONL/Parquet path, or a hub name."},
-    )
-    problem_column: str = field(default="problem", metadata={"help": "Column with the problem text."})
-    system_prompt: str | None = field(default=SYSTEM_PROMPT, metadata={"help": "System prompt; '' for none."})
-    num_train_problems: int | None = field(default=None, metadata={"help": "Use this many training problems."})
-    num_eval_problems: int | None = field(default=None, metadata={"help": "Evaluate on this many test problems."})
-
-
-def build_trainer(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig) -> MRTTrainer:
-    """The trainer a config describes: model alias resolved, datasets loaded, PEFT if asked."""
-    model = resolve_model(model_args.model_name_or_path)
-    training_args.model_init_kwargs = {
-        **(training_args.model_init_kwargs or {}),
-        "dtype": model_args.dtype,
-        "attn_implementation": model_args.attn_implementation,
-        "revision": model_args.model_revision,
-    }
-
-    def load(split, num):
-        return load_problems(
-            script_args.dataset_name, split=split, problem_column=script_args.problem_column,
-            answer_column=training_args.answer_column, system_prompt=script_args.system_prompt or None,
-            num_problems=num, seed=training_args.seed,
-        )
-
-    train_dataset = load(script_args.dataset_train_split, script_args.num_train_problems)
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = load(script_args.dataset_test_split, script_args.num_eval_problems)
-
-    peft_config = None
-    if model_args.use_peft:
-        from trl import get_peft_config
-
-        peft_config = get_peft_config(model_args)
-    return MRTTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      peft_config=peft_config)
-
-
-def main(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig) -> MRTTrainer:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    trainer = build_trainer(script_args, training_args, model_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    return trainer
-
+from mrt.cli import main
 
 if __name__ == "__main__":
-    parser = TrlParser((MRTScriptArguments, MRTConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    main()

@@ -1,16 +1,12 @@
 """configs/*1.5b*.yaml: the paper's GPU recipes, read by the training script's own parser (nothing is downloaded)."""
 
-import sys
 from pathlib import Path
 
 import pytest
-from trl import ModelConfig, TrlParser
 
-from mrt import MRTConfig
+from mrt.cli import parser
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from train_mrt_rl import MRTScriptArguments  # noqa: E402
 
 GPUS = {"mrt_deepscaler_1.5b_frozen_mu": 4}  # the rest train on 8 GPUs (configs/accelerate/zero3_8gpu.yaml)
 RECIPES = {
@@ -25,7 +21,7 @@ RECIPES = {
 def parse(name: str, *overrides: str):
     # bf16 needs a GPU: the CPU test turns it off on the command line, as a user could.
     argv = ["--config", str(ROOT / "configs" / f"{name}.yaml"), "--bf16", "false", "--use_cpu", "true", *overrides]
-    return TrlParser((MRTScriptArguments, MRTConfig, ModelConfig)).parse_args_and_config(args=argv)
+    return parser().parse_args_and_config(args=argv)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

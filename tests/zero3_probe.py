@@ -14,17 +14,12 @@ Environment knobs (all optional):
 import json
 import os
 import resource
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 from transformers import TrainerCallback
-from trl import ModelConfig, TrlParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from train_mrt_rl import MRTScriptArguments, build_trainer  # noqa: E402
-
-from mrt import MRTConfig  # noqa: E402
+from mrt.cli import build_trainer, parser
 
 
 def prompt_text(prompt) -> str:
@@ -109,8 +104,7 @@ class Probe(TrainerCallback):
 
 
 def main():
-    parser = TrlParser((MRTScriptArguments, MRTConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config()
+    script_args, training_args, model_args = parser().parse_args_and_config()
     trainer = build_trainer(script_args, training_args, model_args)
     rank = trainer.accelerator.process_index
     if os.environ.get("MRT_PROBE_UNEQUAL") == "1":
