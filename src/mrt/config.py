@@ -19,7 +19,8 @@ SUFFIX_PRESETS = {
     "boxed": (AUTHORS_SUFFIX, "\nThe final answer is $\\boxed{"),
 }
 
-PROGRESS_MODES = ("dense", "termination_baseline")
+PROGRESS_MODES = ("dense", "termination_baseline", "branched")
+PREFIX_SOURCES = ("rollouts", "dataset")
 EPISODE_FALLBACKS = ("paragraphs", "chunks", "none")
 PROVERS = ("policy", "server")
 ESTIMATORS = ("sampling", "likelihood")
@@ -44,7 +45,11 @@ class MRTConfig(GRPOConfig):
         metadata={
             "help": "How progress enters the advantage. 'dense': GRPO's group-normalised advantage plus "
             "alpha * progress of the token's episode. 'termination_baseline': the sequence advantage is r - J_0 "
-            "(the prover's success from the prompt alone replaces the group mean), plus the same dense bonus.",
+            "(the prover's success from the prompt alone replaces the group mean), plus the same dense bonus. "
+            "'branched': the paper's MRT (RL), Algorithm 2 (docs/branched.md): a stale prefix cut after a random "
+            "number of episodes; half of each group continues it, half terminates at once; a continuing "
+            "completion's advantage is its GRPO advantage within its half plus alpha * (r - mean reward of the "
+            "terminating half).",
             "choices": list(PROGRESS_MODES),
         },
     )
@@ -171,6 +176,25 @@ class MRTConfig(GRPOConfig):
         },
     )
 
+    # Branched mode (progress_mode='branched', docs/branched.md)
+    prefix_source: str = field(
+        default="rollouts",
+        metadata={
+            "help": "progress_mode='branched': where each problem's prefix comes from. 'rollouts': the trainer's "
+            "own rollout from the last time it saw the problem (empty the first time; kept in checkpoints). "
+            "'dataset': one of the earlier completions in the dataset column `prefix_column` "
+            "(scripts/make_prefixes.py writes it).",
+            "choices": list(PREFIX_SOURCES),
+        },
+    )
+    prefix_column: str = field(
+        default="prefixes",
+        metadata={
+            "help": "prefix_source='dataset': the column with each problem's earlier completions (a text, a "
+            "list of texts or a list of token-id lists; an empty list means no prefix)."
+        },
+    )
+
     # Data
     answer_column: str = field(
         default="answer",
@@ -214,6 +238,15 @@ class MRTConfig(GRPOConfig):
                "None or a served model name")
         _check(self.prover_timeout > 0, "prover_timeout", self.prover_timeout, "> 0 seconds")
         _check(self.prover_max_retries >= 0, "prover_max_retries", self.prover_max_retries, ">= 0")
+        _check(self.prefix_source in PREFIX_SOURCES, "prefix_source", self.prefix_source,
+               f"one of {PREFIX_SOURCES}")
+        _check(bool(self.prefix_column), "prefix_column", self.prefix_column, "a column name")
+        if self.progress_mode == "branched":
+            _check(self.num_generations is not None and self.num_generations >= 2 and self.num_generations % 2 == 0,
+                   "num_generations", self.num_generations, "an even number >= 2 with progress_mode='branched' "
+                   "(half of each group continues the prefix, half terminates)")
+            _check(self.multi_objective_aggregation == "sum_then_normalize", "multi_objective_aggregation",
+                   self.multi_objective_aggregation, "'sum_then_normalize' with progress_mode='branched'")
         _check(bool(self.answer_column), "answer_column", self.answer_column, "a column name")
         _check(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
                self.max_prompt_length, "None or >= 1")

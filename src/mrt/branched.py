@@ -1,0 +1,316 @@
+"""The paper's MRT (RL), Algorithm 2 (`progress_mode: branched`): the parts that need no trainer.
+
+For each problem a prefix from an earlier policy is cut after a random number of episodes; of the G rollouts from
+that prefix, half continue reasoning and half terminate at once (termination suffix, then the answer). With Ĵ(c)
+the terminating half's mean reward, a continuing rollout's advantage is its GRPO advantage within its half plus
+alpha * (r - Ĵ(c)); a terminating rollout's is its GRPO advantage within its half.
+
+Here: problem keys, seeded cuts at episode boundaries (with left truncation to a token budget), the prefix column
+of a dataset, the store of the trainer's own last rollout per problem, and the advantage as a pure tensor function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mrt.episodes import EpisodeRules, episode_ends, prefix_lengths, token_pieces
+
+SCALE_REWARDS = ("group", "batch", "none")
+STORE_FILE = "mrt_prefixes_rank{rank}.json"
+_STD_EPS = 1e-4  # as GRPO: advantages are divided by std + 1e-4
+
+
+# ---------------------------------------------------------------- keys and seeds
+
+
+def problem_key(prompt) -> str:
+    """A stable key for a problem's prompt (a string or a conversation): the same on every rank and every run."""
+    text = json.dumps(prompt, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]
+
+
+def cut_rng(seed: int, key: str, step: int) -> random.Random:
+    """The random source of one problem's cut at one training step (reproducible, independent of call order)."""
+    return random.Random(f"mrt-branched-{seed}-{key}-{step}")
+
+
+# ---------------------------------------------------------------- the cut
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a prefix was cut. `ids` = source[start:end]: the prefix tokens given to both halves."""
+
+    ids: list[int]
+    episode: int  # the cut is after this many episodes of the source (0: empty prefix)
+    episodes: int  # episodes of the source before its end-of-thinking tag, H
+    start: int  # > 0 when the prefix was truncated from the left to fit the budget
+    end: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.start > 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.ids
+
+
+def choose_cut(lengths: Sequence[int], rng: random.Random, budget: int | None = None) -> tuple[int, int, int]:
+    """(episode index j, start, end) of a cut: j uniform over the boundaries b_0..b_{H-1} (`lengths`), end = b_j.
+
+    When b_j tokens do not fit in `budget`, whole leading episodes are dropped: start is the first boundary b_k
+    (k <= j) with b_j - b_k <= budget (b_j itself, an empty prefix, when no episode fits).
+    """
+    if not lengths:
+        return 0, 0, 0
+    j = rng.randrange(len(lengths))
+    end = lengths[j]
+    start = 0
+    if budget is not None and end > max(budget, 0):
+        start = next(b for b in lengths[:j + 1] if end - b <= max(budget, 0))
+    return j, start, end
+
+
+def thinking_limit(pieces: Sequence[str], tag: str | None) -> int:
+    """Number of leading tokens before the token where the end-of-thinking tag starts (all when there is none)."""
+    if not tag:
+        return len(pieces)
+    text = "".join(pieces)
+    at = text.find(tag)
+    if at < 0:
+        return len(pieces)
+    seen = 0
+    for i, piece in enumerate(pieces):
+        seen += len(piece)
+        if seen > at:
+            return i
+    return len(pieces)
+
+
+def cut_prefix(ids: Sequence[int], tokenizer, rules: EpisodeRules, rng: random.Random,
+               budget: int | None = None) -> Cut:
+    """Cut a source completion (token ids) after a random number of its episodes, split with the `dense` rules.
+
+    Text from the end-of-thinking tag on is never part of a prefix: the source is cut before the tag first (the
+    thinking part keeps its episodes; the answer, the last episode, is never a prefix). Prefixes longer than
+    `budget` tokens are truncated from the left at an episode boundary.
+    """
+    ids = [int(t) for t in ids]
+    pieces = token_pieces(tokenizer, ids)
+    limit = thinking_limit(pieces, rules.end_of_thinking_tag)
+    ends = episode_ends(pieces, rules)
+    # Boundaries at or past the tag cannot happen with these rules; the filter keeps that a guarantee.
+    lengths = [b for b in prefix_lengths(ends) if b <= limit]
+    j, start, end = choose_cut(lengths, rng, budget)
+    return Cut(ids=ids[start:end], episode=j, episodes=len(lengths), start=start, end=end)
+
+
+# ---------------------------------------------------------------- the prefix column (prefix_source: dataset)
+
+
+def parse_prefixes(value, column: str, row: int | None = None) -> list:
+    """The earlier completions held by one row's prefix cell: a list of texts or of token-id lists.
+
+    Accepts a text, a list of texts, a list of token ids (one completion) or a list of token-id lists. An empty
+    list (or an empty text) is no prefix: []. Anything else raises a ValueError naming the column.
+    """
+    where = f"prefix column {column!r}" + (f" (row {row})" if row is not None else "")
+    if value is None:
+        raise ValueError(f"The {where} holds None: expected a text, a list of texts or a list of token-id lists. "
+                         "Write [] for a problem without prefixes.")
+    if isinstance(value, str):
+        return [value] if value else []
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"The {where} holds a {type(value).__name__}: expected a text, a list of texts or a "
+                         "list of token-id lists (see scripts/make_prefixes.py).")
+    if value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        return [list(value)]
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            if item:
+                out.append(item)
+        elif isinstance(item, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            if item:
+                out.append(list(item))
+        else:
+            raise ValueError(f"The {where} holds an item of type {type(item).__name__}: expected texts or "
+                             "token-id lists (see scripts/make_prefixes.py).")
+    return out
+
+
+def check_prefix_column(dataset, column: str) -> int:
+    """Check a dataset's prefix column before training; returns the number of rows without a prefix.
+
+    Raises a ValueError naming the column when it is missing, when a row holds something other than texts or
+    token-id lists, or when no row holds any prefix.
+    """
+    names = getattr(dataset, "column_names", None)
+    if names is not None and column not in names:
+        raise ValueError(f"progress_mode='branched' with prefix_source='dataset' reads earlier completions from "
+                         f"the column {column!r}, which the dataset does not have; its columns are {list(names)}. "
+                         "Set prefix_column, write the column with scripts/make_prefixes.py, or use "
+                         "prefix_source='rollouts'.")
+    if names is None:  # streamed: checked row by row when read
+        return 0
+    empty = 0
+    values = dataset[column]
+    for row, value in enumerate(values):
+        if not parse_prefixes(value, column, row):
+            empty += 1
+    if values and empty == len(values):
+        raise ValueError(f"The prefix column {column!r} is empty: no row holds a prefix. Fill it with "
+                         "scripts/make_prefixes.py or use prefix_source='rollouts'.")
+    return empty
+
+
+def pick_prefix(prefixes: list, rng: random.Random, tokenizer) -> list[int]:
+    """One of a row's earlier completions, chosen with `rng`, as token ids ([] when the row has none)."""
+    if not prefixes:
+        return []
+    chosen = prefixes[rng.randrange(len(prefixes))]
+    if isinstance(chosen, str):
+        return tokenizer(chosen, add_special_tokens=False)["input_ids"]
+    return [int(t) for t in chosen]
+
+
+# ---------------------------------------------------------------- the rollouts store (prefix_source: rollouts)
+
+
+class PrefixStore:
+    """Per problem key, the token ids of the trainer's own last rollout of that problem (a stale prefix).
+
+    Saved per rank in a checkpoint folder as `mrt_prefixes_rank{R}.json` and read back on resume.
+    """
+
+    version = 1
+
+    def __init__(self):
+        self.prefixes: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.prefixes)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.prefixes
+
+    def get(self, key: str) -> list[int]:
+        return list(self.prefixes.get(key, []))
+
+    def put(self, key: str, ids: Sequence[int]) -> None:
+        self.prefixes[key] = [int(t) for t in ids]
+
+    def state_dict(self) -> dict:
+        return {"version": self.version, "prefixes": {k: list(v) for k, v in self.prefixes.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("version") != self.version or \
+                not isinstance(state.get("prefixes"), dict):
+            raise ValueError(f"Not a prefix store state of version {self.version}: keys "
+                             f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        self.prefixes = {str(k): [int(t) for t in v] for k, v in state["prefixes"].items()}
+
+    @staticmethod
+    def path(folder, rank: int) -> Path:
+        return Path(folder) / STORE_FILE.format(rank=rank)
+
+    def save(self, folder, rank: int) -> Path:
+        path = self.path(folder, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.state_dict()))
+        tmp.replace(path)
+        return path
+
+    def load(self, folder, rank: int) -> bool:
+        """Read this rank's file from a checkpoint folder; False (store unchanged) when there is none."""
+        path = self.path(folder, rank)
+        if not path.exists():
+            return False
+        try:
+            state = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Cannot read the prefix store {path}: {err}. Delete it to start with empty "
+                             "prefixes.") from err
+        self.load_state_dict(state)
+        return True
+
+
+# ---------------------------------------------------------------- the advantage
+
+
+@dataclass
+class BranchedAdvantages:
+    advantages: torch.Tensor  # (B,) what the loss sees
+    grpo: torch.Tensor  # (B,) GRPO advantage within the completion's half
+    j_hat: torch.Tensor  # (B,) Ĵ(c) of the completion's group (NaN when its terminating half is unscorable)
+    bonus: torch.Tensor  # (B,) r - Ĵ(c) for continuing completions, 0 for terminating and unscorable ones
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over `mask` along the last dim (NaN where the mask is empty)."""
+    count = mask.sum(dim=-1)
+    total = torch.where(mask, values, torch.zeros_like(values)).sum(dim=-1)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def _masked_std(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sample standard deviation (Bessel-corrected) over `mask` along the last dim; NaN below two values."""
+    count = mask.sum(dim=-1)
+    mean = _masked_mean(values, mask).unsqueeze(-1)
+    sq = torch.where(mask, (values - mean) ** 2, torch.zeros_like(values)).sum(dim=-1)
+    return torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), torch.full_like(sq, float("nan")))
+
+
+def branched_advantages(rewards: torch.Tensor, num_generations: int, terminating: torch.Tensor, alpha: float,
+                        scale_rewards: str = "group") -> BranchedAdvantages:
+    """Advantages of branched rollouts.
+
+    rewards: (B,) rewards (NaN = unscorable), groups of `num_generations` consecutive completions.
+    terminating: (B,) True for completions of the terminating half of their group.
+    Within each half: A_GRPO = r - mean(r of the half), divided by std + 1e-4 unless scale_rewards is 'none'
+    (std of the half for 'group', of the whole batch for 'batch'). Continuing completions add
+    alpha * (r - Ĵ(c)), Ĵ(c) = mean reward of their group's terminating half. Unscorable completions get 0.
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    if rewards.dim() != 1 or terminating.shape != rewards.shape:
+        raise ValueError(f"expected rewards and terminating of shape (B,), got {tuple(rewards.shape)} and "
+                         f"{tuple(terminating.shape)}")
+    if num_generations < 2 or rewards.numel() % num_generations:
+        raise ValueError(f"{rewards.numel()} rewards do not form groups of num_generations={num_generations}")
+    r = rewards.float().view(-1, num_generations)
+    term = terminating.bool().to(r.device).view(-1, num_generations)
+    valid = ~torch.isnan(r)
+
+    grpo = torch.zeros_like(r)
+    for half in (term, ~term):
+        members = half & valid
+        mean = _masked_mean(r, members).unsqueeze(-1)
+        centred = r - mean
+        if scale_rewards == "group":
+            centred = centred / (_masked_std(r, members).unsqueeze(-1) + _STD_EPS)
+        grpo = torch.where(half, centred, grpo)
+    if scale_rewards == "batch":
+        flat = r.flatten()
+        grpo = grpo / (_masked_std(flat, ~torch.isnan(flat)) + _STD_EPS)
+    grpo = torch.nan_to_num(torch.where(valid, grpo, torch.zeros_like(grpo)), nan=0.0)
+
+    j_hat = _masked_mean(r, term & valid).unsqueeze(-1).expand_as(r)
+    bonus = torch.where(~term & valid & ~torch.isnan(j_hat), r - j_hat, torch.zeros_like(r))
+    advantages = grpo + alpha * bonus if alpha else grpo.clone()
+    return BranchedAdvantages(advantages.flatten(), grpo.flatten(), j_hat.flatten(), bonus.flatten())
+
+
+def terminating_mask(num_rows: int, num_generations: int, offset: int = 0) -> torch.Tensor:
+    """(num_rows,) True for rows in the second half of their group; `offset` = global index of the first row."""
+    positions = (torch.arange(num_rows) + offset) % num_generations
+    return positions >= num_generations // 2
