@@ -1,0 +1,266 @@
+"""progress_mode='branched' (issue 12): cuts, prefixes, the store, the advantage, and training runs."""
+
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+
+from mrt import MRTConfig
+from mrt.branched import (
+    PrefixStore,
+    branched_advantages,
+    check_prefix_column,
+    choose_cut,
+    cut_prefix,
+    cut_rng,
+    parse_prefixes,
+    pick_prefix,
+    problem_key,
+    terminating_mask,
+)
+from mrt.episodes import EpisodeRules
+
+
+def config(**kwargs):
+    return MRTConfig(output_dir="unused", use_cpu=True, bf16=False, report_to="none", **kwargs)
+
+
+# ---------------------------------------------------------------- the advantage
+
+
+def grpo(values: list[float]) -> list[float]:
+    """Reference GRPO advantage of one set: (r - mean) / (sample std + 1e-4)."""
+    t = torch.tensor(values)
+    return ((t - t.mean()) / (t.std() + 1e-4)).tolist()
+
+
+def test_constructed_case_continuing_gets_within_half_grpo_plus_alpha_progress():
+    # One group of 4: completions 0, 1 continue, 2, 3 terminate. Ĵ(c) = mean(0, 1) = 0.5.
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    term = torch.tensor([False, False, True, True])
+    out = branched_advantages(rewards, 4, term, alpha=0.5)
+    cont, stop = grpo([1.0, 0.0]), grpo([0.0, 1.0])
+    expected = [cont[0] + 0.5 * (1 - 0.5), cont[1] + 0.5 * (0 - 0.5), stop[0], stop[1]]
+    assert out.advantages.tolist() == pytest.approx(expected, abs=1e-6)
+    assert out.j_hat.tolist() == [0.5] * 4
+    assert out.bonus.tolist() == [0.5, -0.5, 0.0, 0.0]
+    # The numbers themselves: within-half GRPO of (1, 0) is +-0.7071 (std 0.7071).
+    assert out.advantages[0].item() == pytest.approx(1 / (2 ** 0.5 + 2e-4) * 1 + 0.25, abs=1e-3)
+
+
+def test_two_groups_each_use_their_own_terminating_half():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    term = terminating_mask(8, 4)
+    out = branched_advantages(rewards, 4, term, alpha=1.0)
+    assert out.j_hat.tolist() == [0.0] * 4 + [1.0] * 4
+    # Group 1: both continuing rewards 1, Ĵ = 0: GRPO part 0, bonus 1. Group 2: bonuses -1 and 0.
+    assert out.advantages[:4].tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])
+    assert out.bonus[4:6].tolist() == [-1.0, 0.0]
+    assert out.advantages[4:6].tolist() == pytest.approx([g - b for g, b in zip(grpo([0.0, 1.0]), [1.0, 0.0])],
+                                                         abs=1e-6)
+
+
+def test_alpha_zero_is_plain_grpo_within_each_half():
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.rand(12, generator=g)
+    term = terminating_mask(12, 6)
+    out = branched_advantages(rewards, 6, term, alpha=0.0)
+    expected = []
+    for k in range(0, 12, 3):
+        expected += grpo(rewards[k:k + 3].tolist())
+    assert out.advantages.tolist() == pytest.approx(expected, abs=1e-6)
+    assert torch.equal(out.advantages, out.grpo)
+
+
+def test_scale_rewards_none_and_batch():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    term = terminating_mask(8, 4)
+    none = branched_advantages(rewards, 4, term, alpha=0.0, scale_rewards="none")
+    assert none.advantages.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, 0.0, -0.5, 0.5])
+    batch = branched_advantages(rewards, 4, term, alpha=0.0, scale_rewards="batch")
+    assert batch.advantages.tolist() == pytest.approx((none.advantages / (rewards.std() + 1e-4)).tolist())
+    with pytest.raises(ValueError, match="scale_rewards"):
+        branched_advantages(rewards, 4, term, alpha=0.0, scale_rewards="half")
+
+
+def test_unscorable_rewards_get_zero_and_do_not_move_the_baselines():
+    nan = float("nan")
+    rewards = torch.tensor([1.0, nan, 0.0, 1.0, 1.0, 0.0, nan, nan])
+    out = branched_advantages(rewards, 4, terminating_mask(8, 4), alpha=1.0, scale_rewards="none")
+    # Group 1: continuing half {1, nan}: mean 1 -> GRPO 0; Ĵ = 0.5; the nan row gets 0.
+    assert out.advantages[:4].tolist() == pytest.approx([0.5, 0.0, -0.5, 0.5])
+    # Group 2: no scorable terminating completion: Ĵ unknown, no bonus.
+    assert torch.isnan(out.j_hat[4:]).all() and out.bonus[4:].tolist() == [0.0] * 4
+    assert out.advantages[4:].tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0])
+
+
+def test_halves_of_one_member_get_no_grpo_part():
+    out = branched_advantages(torch.tensor([1.0, 0.0]), 2, terminating_mask(2, 2), alpha=1.0)
+    assert out.grpo.tolist() == [0.0, 0.0] and out.advantages.tolist() == [1.0, 0.0]
+
+
+def test_terminating_mask_follows_global_positions():
+    assert terminating_mask(4, 4).tolist() == [False, False, True, True]
+    # A rank whose slice starts in the middle of a group (offset 2).
+    assert terminating_mask(4, 4, offset=2).tolist() == [True, True, False, False]
+
+
+def test_bad_shapes_are_rejected():
+    with pytest.raises(ValueError, match="groups of num_generations=4"):
+        branched_advantages(torch.zeros(6), 4, torch.zeros(6, dtype=torch.bool), 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        branched_advantages(torch.zeros(4), 4, torch.zeros(3, dtype=torch.bool), 1.0)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_odd_num_generations_is_rejected_in_branched_mode():
+    with pytest.raises(ValueError, match="MRTConfig.num_generations = 3 .*even"):
+        config(progress_mode="branched", num_generations=3, per_device_train_batch_size=3)
+    assert config(progress_mode="dense", num_generations=3, per_device_train_batch_size=3).num_generations == 3
+    assert config(progress_mode="branched", num_generations=4, per_device_train_batch_size=4).prefix_source == \
+        "rollouts"
+
+
+@pytest.mark.parametrize("field, value", [("prefix_source", "disk"), ("prefix_column", "")])
+def test_branched_fields_name_themselves(field, value):
+    with pytest.raises(ValueError, match=f"MRTConfig.{field} "):
+        config(progress_mode="branched", num_generations=4, per_device_train_batch_size=4, **{field: value})
+
+
+def test_branched_needs_sum_then_normalize():
+    with pytest.raises(ValueError, match="MRTConfig.multi_objective_aggregation"):
+        config(progress_mode="branched", num_generations=4, per_device_train_batch_size=4,
+               multi_objective_aggregation="normalize_then_sum")
+
+
+# ---------------------------------------------------------------- cuts
+
+
+TRACE = (
+    "First, add the tens.\n\nThen the units: 7 + 5 = 12.\n\nWait, I should carry the one.\n\n"
+    "So the sum is 42.\n\nLet me check: 40 + 2 = 42.\n</think>\n\nThe answer is $\\boxed{42}$."
+)
+
+
+def test_choose_cut_is_uniform_over_boundaries_and_truncates_at_a_boundary():
+    lengths = [0, 10, 25, 40]
+    seen = {choose_cut(lengths, random.Random(s))[0] for s in range(200)}
+    assert seen == {0, 1, 2, 3}
+    # Budget 20: a cut at b_3 = 40 drops the episodes before b_2 = 25 (40 - 25 <= 20), not before b_1.
+    rng = next(random.Random(s) for s in range(100) if random.Random(s).randrange(4) == 3)
+    assert choose_cut(lengths, rng, budget=20) == (3, 25, 40)
+    rng = next(random.Random(s) for s in range(100) if random.Random(s).randrange(4) == 3)
+    assert choose_cut(lengths, rng, budget=5) == (3, 40, 40)  # no episode fits: empty prefix
+    assert choose_cut([], random.Random(0)) == (0, 0, 0)
+
+
+def test_cuts_are_reproducible_for_a_seed_and_vary_with_step(tokenizer):
+    rules = EpisodeRules(end_of_thinking_tag="</think>", max_episodes=8)
+    ids = tokenizer(TRACE, add_special_tokens=False)["input_ids"]
+    key = problem_key([{"role": "user", "content": "What is 40 + 2?"}])
+    first = [cut_prefix(ids, tokenizer, rules, cut_rng(42, key, step)) for step in range(20)]
+    again = [cut_prefix(ids, tokenizer, rules, cut_rng(42, key, step)) for step in range(20)]
+    assert first == again
+    assert len({c.episode for c in first}) > 1  # different steps cut at different places
+    assert [c.episode for c in first] != [cut_prefix(ids, tokenizer, rules, cut_rng(7, key, s)).episode
+                                          for s in range(20)]
+
+
+def test_a_prefix_never_holds_the_answer_after_the_thinking_tag(tokenizer):
+    rules = EpisodeRules(end_of_thinking_tag="</think>", max_episodes=8)
+    ids = tokenizer(TRACE, add_special_tokens=False)["input_ids"]
+    cuts = [cut_prefix(ids, tokenizer, rules, random.Random(s)) for s in range(50)]
+    # Episodes open at "Wait" and "Let me check": boundaries 0, b_1, b_2; the last episode holds the answer.
+    assert {c.episode for c in cuts} == {0, 1, 2} and {c.episodes for c in cuts} == {3}
+    for cut in cuts:
+        text = tokenizer.decode(cut.ids)
+        assert "</think>" not in text and "boxed" not in text
+        assert TRACE.startswith(text)
+        assert cut.empty == (cut.episode == 0)
+    longest = max(cuts, key=lambda c: c.end)
+    assert tokenizer.decode(longest.ids).endswith("42.\n\n")
+
+
+def test_long_prefixes_are_truncated_from_the_left_at_an_episode_boundary(tokenizer):
+    rules = EpisodeRules(end_of_thinking_tag="</think>", max_episodes=8)
+    ids = tokenizer(TRACE, add_special_tokens=False)["input_ids"]
+    full = [cut_prefix(ids, tokenizer, rules, random.Random(s)) for s in range(50)]
+    short = [cut_prefix(ids, tokenizer, rules, random.Random(s), budget=15) for s in range(50)]
+    assert any(c.truncated for c in short) and not any(c.truncated for c in full)
+    starts = {c.end for c in full}  # every boundary b_j
+    for f, s in zip(full, short):
+        assert s.episode == f.episode and s.end == f.end and len(s.ids) <= 15
+        assert s.start in starts | {0}
+        assert s.ids == ids[s.start:s.end]
+        text = tokenizer.decode(s.ids)
+        assert not s.truncated or not text or text[0] != "\n"  # starts at a paragraph
+
+
+# ---------------------------------------------------------------- the prefix column
+
+
+def test_parse_prefixes_accepts_texts_and_token_lists():
+    assert parse_prefixes("abc", "prefixes") == ["abc"]
+    assert parse_prefixes(["a", "", "b"], "prefixes") == ["a", "b"]
+    assert parse_prefixes([1, 2, 3], "prefixes") == [[1, 2, 3]]
+    assert parse_prefixes([[1, 2], [], [3]], "prefixes") == [[1, 2], [3]]
+    assert parse_prefixes([], "prefixes") == [] and parse_prefixes("", "prefixes") == []
+
+
+@pytest.mark.parametrize("value", [3, {"text": "a"}, [1.5], ["a", 2], None])
+def test_parse_prefixes_names_the_column_on_bad_values(value):
+    with pytest.raises(ValueError, match="prefix column 'old' \\(row 4\\)"):
+        parse_prefixes(value, "old", row=4)
+
+
+def test_check_prefix_column_missing_wrong_type_empty_and_counted():
+    good = Dataset.from_dict({"prompt": ["a", "b", "c"], "prefixes": [["x"], [], ["y", "z"]]})
+    assert check_prefix_column(good, "prefixes") == 1  # the empty row uses the empty prefix
+    with pytest.raises(ValueError, match="column 'traces'.*does not have.*prefix_column"):
+        check_prefix_column(good, "traces")
+    wrong = Dataset.from_dict({"prompt": ["a"], "prefixes": [3]})
+    with pytest.raises(ValueError, match="prefix column 'prefixes' \\(row 0\\) holds a int"):
+        check_prefix_column(wrong, "prefixes")
+    empty = Dataset.from_dict({"prompt": ["a", "b"], "prefixes": [[], []]})
+    with pytest.raises(ValueError, match="prefix column 'prefixes' is empty"):
+        check_prefix_column(empty, "prefixes")
+
+
+def test_pick_prefix_is_seeded_and_tokenizes_text(tokenizer):
+    prefixes = ["First attempt.", [5, 6, 7]]
+    picks = [pick_prefix(prefixes, random.Random(s), tokenizer) for s in range(20)]
+    assert [5, 6, 7] in picks and tokenizer("First attempt.", add_special_tokens=False)["input_ids"] in picks
+    assert picks == [pick_prefix(prefixes, random.Random(s), tokenizer) for s in range(20)]
+    assert pick_prefix([], random.Random(0), tokenizer) == []
+
+
+def test_problem_key_is_stable_and_distinguishes_problems():
+    a = [{"role": "user", "content": "What is 1 + 1?"}]
+    assert problem_key(a) == problem_key([dict(m) for m in a]) and len(problem_key(a)) == 20
+    assert problem_key(a) != problem_key([{"role": "user", "content": "What is 1 + 2?"}])
+    assert problem_key("plain prompt") != problem_key(["plain prompt"])
+
+
+# ---------------------------------------------------------------- the rollouts store
+
+
+def test_prefix_store_round_trip(tmp_path):
+    store = PrefixStore()
+    store.put("k1", [1, 2, 3])
+    store.put("k2", [])
+    store.put("k1", [4, 5])  # the last rollout wins
+    path = store.save(tmp_path, rank=1)
+    assert path.name == "mrt_prefixes_rank1.json"
+    back = PrefixStore()
+    assert not back.load(tmp_path, rank=0)  # another rank's file is not this rank's
+    assert back.load(tmp_path, rank=1)
+    assert back.state_dict() == store.state_dict() and back.get("k1") == [4, 5] and len(back) == 2
+    assert back.get("unseen") == []
+    with pytest.raises(ValueError, match="prefix store state"):
+        back.load_state_dict({"prefixes": []})
+    (tmp_path / "mrt_prefixes_rank2.json").write_text("{not json")
+    with pytest.raises(ValueError, match="Cannot read the prefix store"):
+        back.load(tmp_path, rank=2)
