@@ -1,0 +1,522 @@
+"""MRT (STaR), the paper's Algorithm 1: generate traces with the model, score every episode prefix with mu, keep the
+traces that end correct and make the most progress per token, and fine-tune on them with TRL's SFTTrainer.
+
+One iteration, in `output_dir/iter-<k>/`:
+    generate   K traces per problem, batches of `problems_per_batch` problems; every finished problem is appended
+               to traces-rank<r>.jsonl at once, so a killed run resumes where it stopped;
+    score      episodes (the trainer's rules), J_j for every prefix from one de-duplicated prover call per batch
+               (`mrt.prover.ProgressEstimator`), J_H = the trace's own reward; appended to scores-rank<r>.jsonl;
+    select     `mrt.star_select` (pure), written to selected.jsonl, with summary.json;
+    train      SFTTrainer on the selected traces (prompt ids + completion ids, loss on the completion only).
+`iterations: N` repeats this from the newly trained model. Under `accelerate launch` the batches are shared out over
+the ranks (batch b on rank b % world); every rank reads every rank's records, so all select the same data.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trl import SFTConfig
+
+from mrt.config import EPISODE_FALLBACKS, PROVERS, SUFFIX_PRESETS
+from mrt.data import SYSTEM_PROMPT
+from mrt.episodes import DEFAULT_MARKERS, EpisodeRules
+from mrt.star_select import SELECTIONS
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "transformers", "vllm")  # mrt.generation's backends
+DONE = "mrt_star_done.json"  # written into a model folder once its iteration has finished
+
+
+@dataclass
+class STaRConfig(SFTConfig):
+    """Configuration of MRT (STaR): TRL's SFTConfig (the fine-tuning step: learning_rate, num_train_epochs, batch
+    sizes, output_dir, seed, ...) plus the fields below."""
+
+    # SFT defaults that differ from TRL's: the paper's learning rate, loss on the completion only.
+    learning_rate: float = field(default=1e-6, metadata={"help": "SFT learning rate (the paper: 1e-6)."})
+    completion_only_loss: bool | None = field(
+        default=True, metadata={"help": "Loss on the trace tokens only, never on the prompt. Keep it True."})
+
+    # Model and data
+    model_name_or_path: str = field(default="smollm2-135m", metadata={
+        "help": "The model to improve: a local folder, a hub id, or the offline alias smollm2-135m."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Model dtype for generation and training ('float32', 'bfloat16', 'auto')."})
+    dataset_name: str = field(default="arithmetic", metadata={
+        "help": "'arithmetic[:difficulty]' (built in), a local JSON/JSONL/Parquet path, or a hub dataset."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Dataset split of the training problems."})
+    problem_column: str = field(default="problem", metadata={"help": "Column with the problem text."})
+    answer_column: str = field(default="answer", metadata={
+        "help": "Column with the gold answer (the default reward, math-verify, reads it)."})
+    system_prompt: str | None = field(default=SYSTEM_PROMPT, metadata={"help": "System prompt; '' for none."})
+    num_train_problems: int | None = field(default=None, metadata={
+        "help": "Use this many problems (a seeded shuffle of the dataset). None: all (256 for the built-in task)."})
+
+    # Generation
+    num_generations: int = field(default=4, metadata={"help": "Traces K sampled per problem."})
+    max_completion_length: int = field(default=256, metadata={
+        "help": "Maximum tokens per trace; also the common cutoff of the regret that ranks the traces."})
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the traces."})
+    generation_backend: str = field(default="auto", metadata={
+        "help": "'auto' (vLLM when it imports, else transformers), 'vllm' or 'transformers'."})
+    generation_batch_size: int = field(default=64, metadata={
+        "help": "Sequences per generate call (transformers backend)."})
+    problems_per_batch: int = field(default=8, metadata={
+        "help": "Problems per generation batch and per prover call; a batch is also the unit that a resumed run "
+                "regenerates (with the same seed, so the same traces)."})
+
+    # Prover mu
+    prover: str = field(default="policy", metadata={
+        "help": "Where mu comes from. 'policy': the model being improved, through the generation engine. 'server': "
+                "a frozen model served by `vllm serve MODEL` at prover_server_url (same tokenizer).",
+        "choices": list(PROVERS)})
+    prover_num_samples: int = field(default=4, metadata={"help": "Samples of mu per prefix; J_j is their mean reward."})
+    prover_max_tokens: int = field(default=64, metadata={"help": "Maximum tokens mu writes after the suffix."})
+    prover_temperature: float | None = field(default=None, metadata={
+        "help": "Sampling temperature of mu. None: `temperature`."})
+    termination_suffix: str = field(default="authors", metadata={
+        "help": "Text that makes mu answer now: a preset ('authors', 'boxed') or literal text. It also joins a cut "
+                "trace to mu's answer."})
+    prover_stop: list[str] | None = field(default=None, metadata={
+        "help": "Stop strings of mu, e.g. ['}'] with the 'boxed' suffix and integer answers."})
+    prover_batch_size: int = field(default=64, metadata={
+        "help": "Sequences per prover generate call (transformers) or per request (server)."})
+    prover_server_url: str = field(default="http://localhost:8000/v1", metadata={
+        "help": "prover='server': base URL of the OpenAI-compatible vLLM server that serves mu."})
+    prover_model: str | None = field(default=None, metadata={
+        "help": "prover='server': the served model name. None: the one model the server serves."})
+    prover_timeout: float = field(default=600.0, metadata={"help": "prover='server': seconds per request."})
+    prover_max_retries: int = field(default=3, metadata={"help": "prover='server': retries of a failed request."})
+
+    # Episodes (the trainer's rules)
+    episode_markers: list[str] = field(default_factory=lambda: list(DEFAULT_MARKERS), metadata={
+        "help": "A paragraph that begins with one of these words starts a new episode."})
+    min_paragraphs_between: int = field(default=1, metadata={
+        "help": "A marker boundary closer than this many paragraphs to the previous one is skipped."})
+    max_episodes: int = field(default=4, metadata={"help": "At most this many episodes per trace."})
+    episode_fallback: str = field(default="paragraphs", metadata={
+        "help": "Split without markers: 'paragraphs', 'chunks' or 'none'.", "choices": list(EPISODE_FALLBACKS)})
+    episode_chunk_tokens: int = field(default=64, metadata={"help": "Chunk size of the chunk fallback."})
+    end_of_thinking_tag: str | None = field(default="auto", metadata={
+        "help": "End-of-thinking tag; 'auto': '</think>' when the tokenizer has it; None or '': none."})
+
+    # Selection
+    selection: str = field(default="progress", metadata={
+        "help": "'progress' (MRT-STaR): per problem, the correct traces with the lowest cumulative regret of their J "
+                "curve, the first keep_per_problem. 'correct' (plain STaR, the baseline): every correct trace, "
+                "whole.", "choices": list(SELECTIONS)})
+    keep_per_problem: int = field(default=1, metadata={"help": "selection='progress': traces kept per problem."})
+    truncate_at_best: bool = field(default=True, metadata={
+        "help": "selection='progress': cut a kept trace after the first episode where J reaches its maximum, then "
+                "the termination suffix and one of mu's correct answers from that prefix."})
+    min_reward: float = field(default=1.0, metadata={
+        "help": "A trace is correct when its own reward is at least this (1.0 for the 0/1 math-verify reward)."})
+    iterations: int = field(default=1, metadata={
+        "help": "Rounds of generate -> score -> select -> train, each from the model the previous one trained."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.end_of_thinking_tag == "":
+            self.end_of_thinking_tag = None
+        if self.system_prompt == "":
+            self.system_prompt = None
+        self.episode_markers = list(self.episode_markers or [])
+        _check(bool(self.model_name_or_path), "model_name_or_path", self.model_name_or_path, "a model")
+        _check(bool(self.dataset_name), "dataset_name", self.dataset_name, "a dataset")
+        _check(bool(self.answer_column), "answer_column", self.answer_column, "a column name")
+        _check(self.num_train_problems is None or self.num_train_problems >= 1, "num_train_problems",
+               self.num_train_problems, "None or >= 1")
+        for name in ("num_generations", "max_completion_length", "generation_batch_size", "problems_per_batch",
+                     "prover_num_samples", "prover_max_tokens", "prover_batch_size", "keep_per_problem",
+                     "iterations", "max_episodes", "episode_chunk_tokens"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        _check(self.temperature >= 0, "temperature", self.temperature, ">= 0")
+        _check(self.prover_temperature is None or self.prover_temperature >= 0, "prover_temperature",
+               self.prover_temperature, "None or >= 0")
+        _check(self.generation_backend in BACKENDS, "generation_backend", self.generation_backend,
+               f"one of {BACKENDS}")
+        _check(self.prover in PROVERS, "prover", self.prover, f"one of {PROVERS}")
+        _check(bool(self.termination_suffix), "termination_suffix", self.termination_suffix,
+               f"a preset {tuple(SUFFIX_PRESETS)} or non-empty text")
+        _check(self.prover_server_url.startswith(("http://", "https://")), "prover_server_url",
+               self.prover_server_url, "an http(s) URL")
+        _check(self.prover_timeout > 0, "prover_timeout", self.prover_timeout, "> 0 seconds")
+        _check(self.prover_max_retries >= 0, "prover_max_retries", self.prover_max_retries, ">= 0")
+        _check(self.selection in SELECTIONS, "selection", self.selection, f"one of {SELECTIONS}")
+        _check(self.min_reward == self.min_reward, "min_reward", self.min_reward, "a number")
+        _check(self.completion_only_loss is not False, "completion_only_loss", self.completion_only_loss,
+               "True: MRT-STaR trains on the traces, not on the prompts")
+        _check(self.min_paragraphs_between >= 0, "min_paragraphs_between", self.min_paragraphs_between, ">= 0")
+        _check(self.episode_fallback in EPISODE_FALLBACKS, "episode_fallback", self.episode_fallback,
+               f"one of {EPISODE_FALLBACKS}")
+        try:
+            self.episode_rules(None)
+        except ValueError as error:
+            raise ValueError(f"STaRConfig episode fields are invalid: {error}") from None
+
+    def episode_rules(self, tag: str | None) -> EpisodeRules:
+        return EpisodeRules(markers=tuple(self.episode_markers), min_paragraphs_between=self.min_paragraphs_between,
+                            max_episodes=self.max_episodes, fallback=self.episode_fallback,
+                            chunk_tokens=self.episode_chunk_tokens, end_of_thinking_tag=tag)
+
+    def fingerprint(self, model: str, iteration: int, part: str) -> str:
+        """Hash of the settings that decide the records of one iteration's `part` ('traces' or 'scores')."""
+        names = ["dataset_name", "dataset_train_split", "problem_column", "answer_column", "system_prompt",
+                 "num_generations", "max_completion_length", "temperature", "problems_per_batch", "seed"]
+        if part == "scores":
+            names += [n for n in asdict(self) if n.startswith("prover") or n.startswith("episode")]
+            names += ["termination_suffix", "min_paragraphs_between", "max_episodes", "end_of_thinking_tag"]
+        keep = {n: getattr(self, n) for n in sorted(set(names))}
+        keep.update(model=model, iteration=iteration, part=part)
+        return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _check(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"STaRConfig.{name} = {value!r} is invalid: expected {expected}.")
+
+
+# ---------------------------------------------------------------- problems and records
+
+
+@dataclass
+class Problems:
+    """The training problems: dataset rows, the ones used, and the ones skipped because their gold does not parse."""
+
+    rows: list[dict]
+    usable: list[int]
+    skipped: list[int]
+
+
+def load_star_problems(config: STaRConfig, check_gold: bool = True) -> Problems:
+    """The dataset rows; with `check_gold` (the default reward), problems whose gold math-verify cannot parse are
+    skipped and counted."""
+    from mrt.data import load_problems
+    from mrt.rewards import parse_gold
+
+    dataset = load_problems(config.dataset_name, split=config.dataset_train_split,
+                            problem_column=config.problem_column, answer_column=config.answer_column,
+                            system_prompt=config.system_prompt, num_problems=config.num_train_problems,
+                            seed=config.seed)
+    rows = list(dataset)
+    skipped = [i for i, row in enumerate(rows) if check_gold and parse_gold(row[config.answer_column]) is None]
+    if skipped:
+        logger.warning("Skipping %d of %d problems whose gold answer does not parse.", len(skipped), len(rows))
+    return Problems(rows, [i for i in range(len(rows)) if i not in set(skipped)], skipped)
+
+
+def batches(usable: list[int], size: int) -> list[list[int]]:
+    """Fixed batches of problem indices: the same on every run, so a resumed batch gets the same seed."""
+    return [usable[k:k + size] for k in range(0, len(usable), size)]
+
+
+def _state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def load_part(folder: Path, part: str, fingerprint: str) -> dict[int, dict]:
+    """Every rank's finished records of one part ('traces' or 'scores'), by problem index. The main process first
+    drops a last line cut short by a kill; then every rank reads all files (nobody writes while they read)."""
+    from mrt.evaluation import load_records
+
+    state = _state()
+    paths = sorted(folder.glob(f"{part}-rank*.jsonl"))
+    if state.is_main_process:
+        for path in paths:
+            load_records(path, fingerprint)
+    state.wait_for_everyone()
+    records: dict[int, dict] = {}
+    for path in paths:
+        records.update(load_records(path, fingerprint))
+    state.wait_for_everyone()
+    return records
+
+
+def _my_batches(config: STaRConfig, problems: Problems) -> list[tuple[int, list[int]]]:
+    state = _state()
+    return [(k, b) for k, b in enumerate(batches(problems.usable, config.problems_per_batch))
+            if k % state.num_processes == state.process_index]
+
+
+def _bar(desc: str, mine, done, progress_bar: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=desc, total=sum(len(b) for _, b in mine), initial=sum(i in done for _, b in mine for i in b),
+                disable=not progress_bar or not _state().is_local_main_process)
+
+
+# ---------------------------------------------------------------- generate
+
+
+def generate_traces(config: STaRConfig, generator, problems: Problems, folder: Path, fingerprint: str, seed: int,
+                    progress_bar: bool = True, stop_after: int | None = None) -> dict[int, dict]:
+    """K traces per usable problem, appended per problem to `folder/traces-rank<r>.jsonl` as each batch finishes;
+    problems already there are not generated again. `stop_after`: return after writing that many problems (the rest
+    is done by the next call). Returns every rank's records by problem index."""
+    from mrt.evaluation import append_record, prompt_ids
+
+    done = load_part(folder, "traces", fingerprint)
+    path = folder / f"traces-rank{_state().process_index}.jsonl"
+    mine = _my_batches(config, problems)
+    bar, written = _bar("generate", mine, done, progress_bar), 0
+    for k, batch in mine:
+        if all(i in done for i in batch):
+            continue
+        prompts = [prompt_ids(generator.tokenizer, problems.rows[i]["prompt"]) for i in batch]
+        samples = generator.generate(prompts, config.num_generations, config.max_completion_length,
+                                     config.temperature, None, seed + k)
+        for i, ids, group in zip(batch, prompts, samples, strict=True):
+            if i in done:
+                continue
+            if stop_after is not None and written >= stop_after:
+                bar.close()
+                return load_part(folder, "traces", fingerprint)
+            done[i] = {"fingerprint": fingerprint, "index": i, "problem": problems.rows[i][config.problem_column],
+                       "prompt_ids": ids,
+                       "traces": [{"ids": s.ids, "text": s.text, "finished": s.finished} for s in group]}
+            append_record(path, done[i])
+            written += 1
+            bar.update(1)
+    bar.close()
+    return load_part(folder, "traces", fingerprint)
+
+
+# ---------------------------------------------------------------- select
+
+
+def _strip_eos(ids: list[int], eos_id: int | None) -> list[int]:
+    ids = list(ids)
+    while ids and ids[-1] == eos_id:
+        ids.pop()
+    return ids
+
+
+def training_completion(prompt_ids: list[int], trace_ids: list[int], scored: dict, cut: int | None, suffix,
+                        tokenizer) -> list[int]:
+    """Completion ids of one training example, ending in EOS: the whole trace, or its prefix up to episode `cut`
+    joined to the termination suffix by THE rule of mrt.prover (`prover_prompt`) and followed by mu's answer."""
+    from mrt.prover import prover_prompt
+
+    eos = tokenizer.eos_token_id
+    if cut is None:
+        completion = _strip_eos(trace_ids, eos)
+    else:
+        ids, _ = prover_prompt(prompt_ids, trace_ids[:scored["j_tokens"][cut]], suffix, tokenizer)
+        completion = ids[len(prompt_ids):] + _strip_eos(scored["answers"][cut], eos)
+    return completion + ([eos] if eos is not None else [])
+
+
+def select_examples(config: STaRConfig, problems: Problems, traces: dict[int, dict], scores: dict[int, dict],
+                    tokenizer, suffix) -> tuple[list[dict], dict]:
+    """The training examples of one iteration and its summary (see mrt.star_select)."""
+    from mrt.star_select import select_problem, summarize, trace_regret
+
+    order = [i for i in problems.usable if i in scores]
+    chosen = [select_problem(scores[i]["traces"], config.selection, config.keep_per_problem,
+                             config.max_completion_length, config.min_reward, config.truncate_at_best)
+              for i in order]
+    examples = []
+    for i, choices in zip(order, chosen):
+        row, generated, scored = problems.rows[i], traces[i], scores[i]["traces"]
+        for choice in choices:
+            trace, s = generated["traces"][choice.trace], scored[choice.trace]
+            completion = training_completion(generated["prompt_ids"], trace["ids"], s, choice.cut, suffix, tokenizer)
+            examples.append({
+                "index": i, "problem": row[config.problem_column], "answer": row[config.answer_column],
+                "trace": choice.trace, "cut_after_episode": choice.cut,
+                "regret": trace_regret(s, config.max_completion_length) if None not in s["j_values"] else None,
+                "j_values": s["j_values"], "tokens_before": s["tokens"], "tokens_after": len(completion),
+                "prompt": row["prompt"], "completion": tokenizer.decode(completion, skip_special_tokens=False),
+                "prompt_ids": generated["prompt_ids"], "completion_ids": completion})
+    summary = summarize([scores[i]["traces"] for i in order], chosen, [e["tokens_after"] for e in examples],
+                        config.max_completion_length, config.min_reward)
+    summary.update(problems_skipped_unparsable_gold=len(problems.skipped), selection=config.selection,
+                   truncate_at_best=config.truncate_at_best and config.selection == "progress")
+    return examples, summary
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+# ---------------------------------------------------------------- train
+
+
+def train_sft(config: STaRConfig, model: str, examples: list[dict], save_to: Path, work_dir: Path):
+    """TRL's SFTTrainer on the examples (prompt ids + completion ids; the loss on the completion only), saved to
+    `save_to` as a normal model folder."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    args = copy.copy(config)
+    args.output_dir = str(work_dir)
+    args.model_init_kwargs = {**(config.model_init_kwargs or {}), "dtype": config.dtype}
+    data = Dataset.from_dict({
+        "input_ids": [e["prompt_ids"] + e["completion_ids"] for e in examples],
+        "completion_mask": [[0] * len(e["prompt_ids"]) + [1] * len(e["completion_ids"]) for e in examples]})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    trainer.save_model(str(save_to))
+    return trainer
+
+
+# ---------------------------------------------------------------- score
+
+
+def score_traces(config: STaRConfig, estimator, scorer, problems: Problems, traces: dict[int, dict], folder: Path,
+                 fingerprint: str, seed: int, progress_bar: bool = True) -> dict[int, dict]:
+    """J curve of every trace: J_0..J_{H-1} from mu (one `estimator.estimate` call per batch), J_H = the trace's own
+    reward from `scorer`; per prefix, one of mu's best answers (what a cut trace ends with). Appended per problem to
+    `folder/scores-rank<r>.jsonl`. Returns every rank's records by problem index."""
+    from mrt.evaluation import append_record
+    from mrt.prover import as_completion
+
+    done = load_part(folder, "scores", fingerprint)
+    path = folder / f"scores-rank{_state().process_index}.jsonl"
+    mine = _my_batches(config, problems)
+    bar = _bar("score", mine, done, progress_bar)
+    for k, batch in mine:
+        todo = [i for i in batch if i not in done]
+        if not todo:
+            continue
+        owners = [(i, t) for i in todo for t in range(len(traces[i]["traces"]))]
+        rows = [problems.rows[i] for i, _ in owners]
+        prompts = [row["prompt"] for row in rows]
+        prompt_ids = [traces[i]["prompt_ids"] for i, _ in owners]
+        completion_ids = [traces[i]["traces"][t]["ids"] for i, t in owners]
+        completions = [as_completion(traces[i]["traces"][t]["text"], isinstance(p, list))
+                       for (i, t), p in zip(owners, prompts)]
+        outcomes = scorer(prompts, completions, completion_ids, rows)
+        estimate = estimator.estimate(prompt_ids, completion_ids, prompts, rows, outcomes=outcomes, seed=seed + k)
+        scored: dict[int, list[dict]] = {i: [] for i in todo}
+        for n, (i, t) in enumerate(owners):
+            best = [_best_answer(estimate.samples[r], estimate.sample_scores[r]) for r in estimate.requests.index[n]]
+            scored[i].append({
+                "tokens": len(completion_ids[n]), "outcome": outcomes[n], "episode_ends": estimate.ends[n],
+                "j_tokens": [*estimate.lengths[n], len(completion_ids[n])], "j_values": estimate.j[n],
+                "answer_scores": [s for _, s in best], "answers": [a for a, _ in best]})
+        for i in todo:
+            done[i] = {"fingerprint": fingerprint, "index": i, "traces": scored[i]}
+            append_record(path, done[i])
+            bar.update(1)
+    bar.close()
+    return load_part(folder, "scores", fingerprint)
+
+
+def _best_answer(samples: list[list[int]], scores: list[float | None]) -> tuple[list[int] | None, float | None]:
+    """mu's first highest-scoring sample from one prefix and its score; (None, None) when none could be scored."""
+    known = [(s, -n) for n, s in enumerate(scores) if s is not None]
+    if not known:
+        return None, None
+    score, n = max(known)
+    return list(samples[-n]), score
+
+
+def make_mu(config: STaRConfig, generator):
+    """mu: the model being improved through the generation engine (`prover: policy`), or a frozen server."""
+    if config.prover == "server":
+        import os
+
+        from mrt.prover.server import ServerProver  # needs the `openai` package (the `server` extra)
+
+        return ServerProver(config.prover_server_url, generator.tokenizer, model=config.prover_model,
+                            timeout=config.prover_timeout, max_retries=config.prover_max_retries,
+                            requests_per_call=config.prover_batch_size,
+                            api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"))
+    from mrt.prover import TransformersProver, VLLMPolicyProver, eos_ids
+
+    if generator.name == "vllm":
+        return VLLMPolicyProver(eos_ids(generator.tokenizer), llm=generator.llm)
+    return TransformersProver.for_model(generator.model, generator.tokenizer, config.prover_batch_size)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Problems, scorer,
+                  progress_bar: bool = True) -> tuple[list[dict], dict]:
+    """Generate, score and select one iteration from `model`; writes selected.jsonl and summary.json into
+    `output_dir/iter-<k>` and returns the examples and the summary. Stops with NoCorrectTraces on an empty set."""
+    from mrt.episodes import resolve_thinking_tag
+    from mrt.generation import make_generator
+    from mrt.prover import ProgressEstimator, make_suffix
+    from mrt.star_select import check_not_empty
+
+    folder = Path(config.output_dir) / f"iter-{iteration}"
+    folder.mkdir(parents=True, exist_ok=True)
+    seed = config.seed * 1_000_003 + iteration * 100_003
+    start = time.perf_counter()
+    generator = make_generator(model, backend=config.generation_backend, dtype=config.dtype,
+                               batch_size=config.generation_batch_size, seed=config.seed)
+    try:
+        tokenizer = generator.tokenizer
+        tag = resolve_thinking_tag(config.end_of_thinking_tag, tokenizer)
+        suffix = make_suffix(tokenizer, config.termination_suffix, tag)
+        traces = generate_traces(config, generator, problems, folder, config.fingerprint(model, iteration, "traces"),
+                                 seed, progress_bar)
+        seconds_generate = time.perf_counter() - start
+        temperature = config.temperature if config.prover_temperature is None else config.prover_temperature
+        estimator = ProgressEstimator(make_mu(config, generator), tokenizer, config.episode_rules(tag), suffix, scorer,
+                                      config.prover_num_samples, config.prover_max_tokens, temperature,
+                                      config.prover_stop, answer_column=config.answer_column)
+        scores = score_traces(config, estimator, scorer, problems, traces, folder,
+                              config.fingerprint(model, iteration, "scores"), seed + 50_000, progress_bar)
+    finally:
+        generator.close()
+    examples, summary = select_examples(config, problems, traces, scores, tokenizer, suffix)
+    summary.update(iteration=iteration, model=model, seconds_generate_and_score=round(time.perf_counter() - start, 1),
+                   seconds_generate=round(seconds_generate, 1))
+    if _state().is_main_process:
+        write_jsonl(folder / "selected.jsonl", examples)
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    check_not_empty(summary, iteration, len(problems.skipped))
+    return examples, summary
+
+
+def run(config: STaRConfig, reward_funcs=None, reward_weights=None, progress_bar: bool = True) -> list[dict]:
+    """`iterations` rounds of generate -> score -> select -> train; the summaries. The model of the last round is
+    saved to output_dir, earlier ones to output_dir/iter-<k>/model. A finished round is not run again."""
+    from mrt.models import resolve_model
+    from mrt.prover import RewardScorer
+    from mrt.rewards import make_accuracy_reward
+
+    scorer = RewardScorer(reward_funcs if reward_funcs is not None else [make_accuracy_reward(config.answer_column)],
+                          reward_weights)
+    problems = load_star_problems(config, check_gold=reward_funcs is None)
+    model = resolve_model(config.model_name_or_path)
+    summaries = []
+    for k in range(1, config.iterations + 1):
+        folder = Path(config.output_dir) / f"iter-{k}"
+        save_to = Path(config.output_dir) if k == config.iterations else folder / "model"
+        if (save_to / DONE).exists():
+            logger.info("Iteration %d already done: %s", k, save_to)
+            summaries.append(json.loads((folder / "summary.json").read_text()))
+            model = str(save_to)
+            continue
+        examples, summary = run_iteration(config, model, k, problems, scorer, progress_bar)
+        logger.info("Iteration %d: %d traces generated, %d kept; mean tokens %.1f before, %.1f trained", k,
+                    summary["traces_generated"], summary["traces_kept"], summary["mean_tokens_generated"] or 0,
+                    summary["mean_tokens_trained"] or 0)
+        start = time.perf_counter()
+        train_sft(config, model, examples, save_to, folder / "sft")
+        summary["seconds_train"] = round(time.perf_counter() - start, 1)
+        if _state().is_main_process:
+            (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+            (save_to / DONE).write_text(json.dumps({"iteration": k, "from_model": model}))
+        _state().wait_for_everyone()
+        summaries.append(summary)
+        model = str(save_to)
+    return summaries
