@@ -264,3 +264,62 @@ def test_prefix_store_round_trip(tmp_path):
     (tmp_path / "mrt_prefixes_rank2.json").write_text("{not json")
     with pytest.raises(ValueError, match="Cannot read the prefix store"):
         back.load(tmp_path, rank=2)
+
+
+# ---------------------------------------------------------------- the prefix dataset (scripts/make_prefixes.py)
+
+
+def test_write_prefixes_resumes_and_gives_a_dataset_the_trainer_accepts(tiny_model_path, tmp_path):
+    from mrt.data import load_problems
+    from mrt.generation import make_generator
+    from mrt.prefix_data import write_prefixes
+
+    problems = load_problems("arithmetic", num_problems=3, seed=0)
+    generator = make_generator(tiny_model_path, backend="transformers")
+    out = tmp_path / "prefixes.jsonl"
+    # An interrupted run: two problems done, the third one's line cut in the middle.
+    write_prefixes(problems.select(range(2)), generator, out, num_prefixes=2, max_tokens=6, temperature=1.0)
+    first = out.read_text()
+    with out.open("a") as f:
+        f.write('{"prompt": [{"role": "us')
+    write_prefixes(problems, generator, out, num_prefixes=2, max_tokens=6, temperature=1.0)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and out.read_text().startswith(first)  # the finished problems were not redone
+    loaded = load_problems(str(out))
+    assert len(loaded) == 3 and all(len(p) == 2 for p in loaded["prefixes"])
+    assert check_prefix_column(loaded, "prefixes") <= 3
+    assert [problem_key(p) for p in loaded["prompt"]] == [problem_key(p) for p in problems["prompt"]]
+
+    parquet = write_prefixes(problems, generator, tmp_path / "prefixes.parquet", num_prefixes=1, max_tokens=4,
+                             temperature=1.0, column="traces")
+    assert load_problems(str(parquet)).column_names.count("traces") == 1
+    assert not (tmp_path / "prefixes.parquet.partial.jsonl").exists()
+    with pytest.raises(ValueError, match="already has a column 'prefixes'"):
+        write_prefixes(loaded, generator, tmp_path / "again.jsonl", num_prefixes=1, max_tokens=4, temperature=1.0)
+
+
+def test_make_prefixes_script_reads_a_training_config(tiny_model_path, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    config_file = tmp_path / "branched.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "model_name_or_path": tiny_model_path, "dataset_name": "arithmetic", "num_train_problems": 2,
+        "output_dir": str(tmp_path / "run"), "use_cpu": True, "bf16": False, "report_to": "none",
+        "progress_mode": "branched", "num_generations": 4, "per_device_train_batch_size": 4,
+        "max_completion_length": 5,
+    }))
+    out = tmp_path / "p.jsonl"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_prefixes.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--config", str(config_file), "--prefix_output", str(out),
+         "--prefixes_per_problem", "3", "--prefix_backend", "transformers"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(len(r["prefixes"]) == 3 and r["answer"] for r in rows)
