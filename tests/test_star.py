@@ -111,3 +111,43 @@ def test_empty_selection_stops_with_the_numbers():
                                               r"generated, 0 correct"):
         check_not_empty(summary, iteration=1, skipped=1)
     check_not_empty(summarize([PROBLEM], [[Choice(1)]], [10], CUTOFF), iteration=1, skipped=0)  # not empty: passes
+
+
+# ---------------------------------------------------------------- config and recipes
+
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv):
+    from trl import TrlParser
+
+    from mrt.star import STaRConfig
+
+    (config,) = TrlParser((STaRConfig,)).parse_args_and_config(args=list(argv))
+    return config
+
+
+def test_cpu_config_with_command_line_overrides():
+    config = parse("--config", str(ROOT / "configs" / "mrt_star_smollm2_arithmetic.yaml"), "--selection", "correct",
+                   "--num_train_problems", "4")
+    assert config.selection == "correct" and config.num_train_problems == 4  # overrides win over the YAML
+    assert config.model_name_or_path == "smollm2-135m" and config.use_cpu and config.completion_only_loss
+    assert config.num_generations * config.max_completion_length <= 4 * 64
+
+
+def test_gpu_recipe_has_the_papers_sft_settings():
+    config = parse("--config", str(ROOT / "configs" / "mrt_star_gpu.yaml"), "--bf16", "false", "--use_cpu", "true")
+    assert config.learning_rate == 1e-6 and config.num_train_epochs == 3 and config.prover_num_samples == 20
+    assert config.per_device_train_batch_size * config.gradient_accumulation_steps * 8 == 256
+
+
+@pytest.mark.parametrize("field, value", [("selection", "best"), ("keep_per_problem", 0), ("num_generations", 0),
+                                          ("prover", "mu"), ("max_episodes", 0), ("generation_backend", "tpu"),
+                                          ("completion_only_loss", False), ("iterations", 0)])
+def test_config_errors_name_the_field(field, value, tmp_path):
+    from mrt.star import STaRConfig
+
+    with pytest.raises(ValueError, match=rf"STaRConfig\.{field} = "):
+        STaRConfig(output_dir=str(tmp_path), use_cpu=True, **{field: value})

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from trl import SFTConfig
 
-from mrt.config import EPISODE_FALLBACKS, PROVERS, SUFFIX_PRESETS
+from mrt.config import PROVERS, SUFFIX_PRESETS
 from mrt.data import SYSTEM_PROMPT
-from mrt.episodes import DEFAULT_MARKERS, EpisodeRules
+from mrt.episodes import DEFAULT_MARKERS, FALLBACKS, EpisodeRules
 from mrt.star_select import SELECTIONS
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class STaRConfig(SFTConfig):
         "help": "A marker boundary closer than this many paragraphs to the previous one is skipped."})
     max_episodes: int = field(default=4, metadata={"help": "At most this many episodes per trace."})
     episode_fallback: str = field(default="paragraphs", metadata={
-        "help": "Split without markers: 'paragraphs', 'chunks' or 'none'.", "choices": list(EPISODE_FALLBACKS)})
+        "help": "Split without markers: 'paragraphs', 'chunks' or 'none'.", "choices": list(FALLBACKS)})
     episode_chunk_tokens: int = field(default=64, metadata={"help": "Chunk size of the chunk fallback."})
     end_of_thinking_tag: str | None = field(default="auto", metadata={
         "help": "End-of-thinking tag; 'auto': '</think>' when the tokenizer has it; None or '': none."})
@@ -155,8 +155,8 @@ class STaRConfig(SFTConfig):
         _check(self.completion_only_loss is not False, "completion_only_loss", self.completion_only_loss,
                "True: MRT-STaR trains on the traces, not on the prompts")
         _check(self.min_paragraphs_between >= 0, "min_paragraphs_between", self.min_paragraphs_between, ">= 0")
-        _check(self.episode_fallback in EPISODE_FALLBACKS, "episode_fallback", self.episode_fallback,
-               f"one of {EPISODE_FALLBACKS}")
+        _check(self.episode_fallback in FALLBACKS, "episode_fallback", self.episode_fallback,
+               f"one of {FALLBACKS}")
         try:
             self.episode_rules(None)
         except ValueError as error:
