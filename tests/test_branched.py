@@ -323,3 +323,37 @@ def test_make_prefixes_script_reads_a_training_config(tiny_model_path, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(len(r["prefixes"]) == 3 and r["answer"] for r in rows)
+
+
+# ---------------------------------------------------------------- recipes
+
+
+@pytest.mark.parametrize("model", ["deepscaler_1.5b", "r1_distill_qwen_1.5b"])
+def test_branched_gpu_recipes_differ_from_the_dense_ones_only_in_the_mode(model):
+    from pathlib import Path
+
+    from mrt.cli import parser
+
+    def parse(name):
+        path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+        parsed = parser().parse_args_and_config(args=["--config", str(path), "--bf16", "false", "--use_cpu", "true"])
+        return [vars(x) for x in parsed]
+
+    dense, branched = parse(f"mrt_{model}"), parse(f"mrt_branched_{model}")
+    diff = {k for a, b in zip(dense, branched) for k in a if not k.startswith("_") and a[k] != b[k]}
+    assert diff - {"distributed_state"} == {"progress_mode", "output_dir"}, diff
+    args = branched[1]
+    assert args["progress_mode"] == "branched" and args["prefix_source"] == "rollouts"
+    assert args["num_generations"] % 2 == 0 and args["termination_suffix"] == "authors"
+
+
+def test_branched_cpu_config_sees_every_problem_more_than_once():
+    from pathlib import Path
+
+    from mrt.cli import parser
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "mrt_branched_smollm2_arithmetic.yaml"
+    script, args, _ = parser().parse_args_and_config(args=["--config", str(path)])
+    assert args.progress_mode == "branched" and args.prefix_source == "rollouts" and args.use_cpu
+    visits = args.max_steps * args.per_device_train_batch_size // args.num_generations
+    assert visits >= 2 * script.num_train_problems
