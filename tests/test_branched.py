@@ -16,7 +16,10 @@ from mrt.branched import (
     cut_rng,
     parse_prefixes,
     pick_prefix,
+    plan_branches,
+    plan_stats,
     problem_key,
+    rollout_updates,
     terminating_mask,
 )
 from mrt.episodes import EpisodeRules
@@ -357,3 +360,52 @@ def test_branched_cpu_config_sees_every_problem_more_than_once():
     assert args.progress_mode == "branched" and args.prefix_source == "rollouts" and args.use_cpu
     visits = args.max_steps * args.per_device_train_batch_size // args.num_generations
     assert visits >= 2 * script.num_train_problems
+
+
+# ---------------------------------------------------------------- planning a batch
+
+
+def _rows(n_problems, G, **extra):
+    rows = []
+    for k in range(n_problems):
+        rows += [{"prompt": [{"role": "user", "content": f"What is {k} + 1?"}], **extra}] * G
+    return rows
+
+
+def test_plan_gives_a_group_one_cut_and_halves_and_the_store_takes_a_continuing_trace(tokenizer):
+    rules = EpisodeRules(end_of_thinking_tag="</think>", max_episodes=8)
+    rows = _rows(2, 4)
+    store = PrefixStore()
+    first = plan_branches(rows, tokenizer, rules, 4, seed=1, step=0, source="rollouts", store=store)
+    assert [b.terminating for b in first] == [False, False, True, True] * 2
+    assert all(b.cut.empty and not b.has_source for b in first)  # nothing stored yet
+    completions = [[100 + i, 200 + i] for i in range(8)]
+    updates = rollout_updates(first, completions, 4, seed=1, step=0)
+    assert [k for k, _ in updates] == [first[0].key, first[4].key]
+    assert updates[0][1] in ([100, 200], [101, 201]) and updates[1][1] in ([104, 204], [105, 205])
+
+    trace = tokenizer(TRACE, add_special_tokens=False)["input_ids"]
+    store.put(first[0].key, trace)
+    plans = [plan_branches(rows, tokenizer, rules, 4, seed=1, step=s, source="rollouts", store=store)
+             for s in range(1, 12)]
+    for plan in plans:
+        assert all(b.cut == plan[0].cut for b in plan[:4]) and plan[0].has_source and not plan[4].has_source
+        assert plan[0].cut.ids == trace[:plan[0].cut.end]
+    assert len({p[0].cut.episode for p in plans}) > 1
+    # The continuing trace is the cut prefix plus the continuation.
+    again = rollout_updates(plans[0], completions, 4, seed=1, step=1)
+    assert again[0][1][:len(plans[0][0].cut.ids)] == plans[0][0].cut.ids
+    stats = plan_stats(plans[0], 4)
+    assert stats["no_prefix_source"] == (1, 1) and stats["frac_empty_prefix"][1] == 2
+
+
+def test_plan_from_the_dataset_column(tokenizer):
+    rules = EpisodeRules(max_episodes=8)
+    rows = _rows(1, 2, prefixes=[TRACE]) + _rows(1, 2, prefixes=[])
+    rows[2:] = [{**r, "prompt": "another"} for r in rows[2:]]
+    plan = plan_branches(rows, tokenizer, rules, 2, seed=0, step=3, source="dataset", column="prefixes")
+    assert plan[0].has_source and not plan[2].has_source and plan[2].cut.empty
+    with pytest.raises(ValueError, match="prefix column 'prefixes'"):
+        plan_branches(_rows(1, 2, prefixes=7), tokenizer, rules, 2, seed=0, step=0, source="dataset")
+    budgeted = plan_branches(rows, tokenizer, rules, 2, seed=0, step=3, source="dataset", budgets=[0] * 4)
+    assert all(b.cut.empty for b in budgeted)

@@ -314,3 +314,71 @@ def terminating_mask(num_rows: int, num_generations: int, offset: int = 0) -> to
     """(num_rows,) True for rows in the second half of their group; `offset` = global index of the first row."""
     positions = (torch.arange(num_rows) + offset) % num_generations
     return positions >= num_generations // 2
+
+
+# ---------------------------------------------------------------- planning a generation batch
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One completion's branch. Every row of a group has the same key and cut; the continuing half extends the
+    prompt with the prefix, the terminating half with prefix + joiner + termination suffix."""
+
+    key: str
+    terminating: bool
+    cut: Cut
+    has_source: bool  # the problem had something to cut (a stored rollout, a prefix in the dataset)
+
+
+def plan_branches(rows: Sequence[dict], tokenizer, rules: EpisodeRules, num_generations: int, seed: int, step: int,
+                  source: str, store: PrefixStore | None = None, column: str = "prefixes",
+                  budgets: Sequence[int | None] | None = None, offset: int = 0) -> list[Branch]:
+    """The branch of each row of a generation batch (groups of `num_generations` consecutive rows; `offset` is
+    the global index of the first row). The cut of a problem depends only on (seed, its key, step)."""
+    if source not in ("rollouts", "dataset"):
+        raise ValueError(f"prefix source must be 'rollouts' or 'dataset', got {source!r}")
+    budgets = list(budgets) if budgets is not None else [None] * len(rows)
+    terminating = terminating_mask(len(rows), num_generations, offset).tolist()
+    cuts: dict[str, tuple[Cut, bool]] = {}
+    plan = []
+    for i, row in enumerate(rows):
+        key = problem_key(row["prompt"])
+        if key not in cuts:
+            rng = cut_rng(seed, key, step)
+            if source == "rollouts":
+                ids = store.get(key) if store is not None else []
+            else:
+                ids = pick_prefix(parse_prefixes(row.get(column), column), rng, tokenizer)
+            cuts[key] = (cut_prefix(ids, tokenizer, rules, rng, budgets[i]), bool(ids))
+        cut, has_source = cuts[key]
+        plan.append(Branch(key, terminating[i], cut, has_source))
+    return plan
+
+
+def rollout_updates(plan: Sequence[Branch], completion_ids: Sequence[Sequence[int]], num_generations: int,
+                    seed: int, step: int) -> list[tuple[str, list[int]]]:
+    """(key, prefix + continuation) per group with a continuing row: the trace the store keeps for the problem's
+    next visit, from one of the group's continuing completions chosen at random (seeded)."""
+    updates = []
+    for start in range(0, len(plan), num_generations):
+        group = range(start, min(start + num_generations, len(plan)))
+        continuing = [i for i in group if not plan[i].terminating]
+        if not continuing:
+            continue
+        key = plan[continuing[0]].key
+        pick = random.Random(f"mrt-store-{seed}-{key}-{step}").choice(continuing)
+        updates.append((key, [*plan[pick].cut.ids, *(int(t) for t in completion_ids[pick])]))
+    return updates
+
+
+def plan_stats(plan: Sequence[Branch], num_generations: int) -> dict[str, tuple[float, int]]:
+    """Per-group sums and counts of the cut: episode index, prefix tokens, empty, truncated, no source."""
+    groups = [plan[k] for k in range(0, len(plan), num_generations)]
+    n = len(groups)
+    return {
+        "cut_episode": (sum(b.cut.episode for b in groups), n),
+        "prefix_tokens": (sum(len(b.cut.ids) for b in groups), n),
+        "frac_empty_prefix": (sum(b.cut.empty for b in groups), n),
+        "truncated_prefixes": (sum(b.cut.truncated for b in groups), 1),
+        "no_prefix_source": (sum(not b.has_source for b in groups), 1),
+    }
