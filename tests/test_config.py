@@ -14,7 +14,7 @@ def config(**kwargs):
     [
         ("alpha", -0.5),
         ("alpha", float("nan")),
-        ("progress_mode", "branched"),
+        ("progress_mode", "sparse"),
         ("max_episodes", 0),
         ("min_paragraphs_between", -1),
         ("episode_fallback", "sentences"),

@@ -1,11 +1,11 @@
-"""PolicyProver on real SmolLM2: cache branching and the likelihood estimator against plain transformers calls."""
+"""TransformersProver on real SmolLM2: cache branching and the likelihood estimator against plain transformers calls."""
 
 import pytest
 import torch
 
 from mrt import MRTConfig, MRTTrainer
 from mrt.data import arithmetic_dataset
-from mrt.prover import build_batch, likelihood_rates, shared_prefixes
+from mrt.prover import ProgressEstimator, TransformersProver, shared_prefixes
 
 
 @pytest.fixture(scope="module")
@@ -14,6 +14,16 @@ def trainer(smollm2_path, tmp_path_factory):
                      per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
                      gradient_checkpointing=False, prover_batch_size=6, termination_suffix="boxed")
     return MRTTrainer(model=smollm2_path, args=args, train_dataset=arithmetic_dataset(4, seed=0))
+
+
+def prover_of(trainer) -> TransformersProver:
+    return trainer.progress_estimator.prover
+
+
+def likelihood_estimator(trainer) -> ProgressEstimator:
+    e = trainer.progress_estimator
+    return ProgressEstimator(e.prover, e.tokenizer, e.rules, e.suffix, None, estimator="likelihood",
+                             answer_format=trainer.args.prover_answer_format)
 
 
 def prompts_of(trainer, texts):
@@ -46,14 +56,10 @@ def test_branched_samples_equal_plain_generation_greedily(trainer):
     tok = trainer._tokenizer
     base, other = prompts_of(trainer, ["What is 7 + 5?", "Add 12 and 30, then tell me the result please."])
     steps = tok("Let me think. 7 + 5 is 12.\n\nWait, check: 5 + 7 = 12.", add_special_tokens=False)["input_ids"]
-    suffix = trainer.suffix_ids
+    suffix = list(trainer.progress_estimator.suffix.ids)
     prompts = [base + suffix, base + steps[:6] + suffix, base + steps + suffix, other + suffix, base + steps[:6],
                prompts_of(trainer, ["Hi"])[0]]
-    trainer.generation_config.do_sample = False
-    try:
-        samples = trainer.prover.generate(prompts, num_samples=3, max_tokens=6, temperature=1.0, stop=None)
-    finally:
-        trainer.generation_config.do_sample = True
+    samples = prover_of(trainer).generate(prompts, num_samples=3, max_tokens=6, temperature=0.0, stop=None)
     assert [len(s) for s in samples] == [3] * len(prompts)
     for prompt, group in zip(prompts, samples):
         expected = plain_generate(trainer, prompt, 6)
@@ -64,7 +70,7 @@ def test_branched_samples_equal_plain_generation_greedily(trainer):
 def test_sampled_branches_differ_and_respect_the_token_limit(trainer):
     prompts = prompts_of(trainer, ["Write a long story about a cat."])
     torch.manual_seed(0)
-    (group,) = trainer.prover.generate(prompts, num_samples=4, max_tokens=5, temperature=1.5, stop=None)
+    (group,) = prover_of(trainer).generate(prompts, num_samples=4, max_tokens=5, temperature=1.5, stop=None)
     assert len(group) == 4 and all(1 <= len(s) <= 5 for s in group)
     assert len({tuple(s) for s in group}) > 1, "four samples at temperature 1.5 should not all be equal"
 
@@ -73,7 +79,7 @@ def test_likelihood_matches_an_unpadded_forward_pass(trainer):
     tok = trainer._tokenizer
     prompts = prompts_of(trainer, ["What is 7 + 5?", "What is 100 - 1? Answer in one number."])
     answers = [tok("12}", add_special_tokens=False)["input_ids"], tok("99", add_special_tokens=False)["input_ids"]]
-    got = trainer.prover.likelihood(prompts, answers)
+    got = prover_of(trainer).likelihood(prompts, answers)
     for prompt, answer, value in zip(prompts, answers, got):
         ids = torch.tensor([prompt + answer])
         with torch.no_grad():
@@ -85,7 +91,7 @@ def test_likelihood_matches_an_unpadded_forward_pass(trainer):
 
 def test_likelihood_refuses_an_empty_answer(trainer):
     with pytest.raises(ValueError, match="at least one token"):
-        trainer.prover.likelihood(prompts_of(trainer, ["Hi"]), [[]])
+        prover_of(trainer).likelihood(prompts_of(trainer, ["Hi"]), [[]])
 
 
 def test_likelihood_rates_follow_what_the_prefix_already_says(trainer):
@@ -93,16 +99,17 @@ def test_likelihood_rates_follow_what_the_prefix_already_says(trainer):
     tok = trainer._tokenizer
     (prompt,) = prompts_of(trainer, ["What is 7 + 5?"])
     prefix = tok("7 + 5 = 12.", add_special_tokens=False)["input_ids"]
-    batch = build_batch([prompt, prompt], [prefix, prefix], [[len(prefix)], [len(prefix)]], ["12", "13"],
-                        trainer.suffix_ids, trainer.suffix_text, tok.decode)
-    encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    right, wrong = likelihood_rates(trainer.prover, batch, encode, trainer.args.prover_answer_format)
+    estimate = likelihood_estimator(trainer).estimate([prompt, prompt], [prefix, prefix], ["", ""],
+                                                      [{"answer": "12"}, {"answer": "13"}],
+                                                      lengths=[[len(prefix)], [len(prefix)]])
+    right, wrong = estimate.rates
     assert 0.0 < wrong < right <= 1.0
     assert right > 0.1 and wrong < right / 3, (right, wrong)
 
 
 def test_likelihood_rates_leave_requests_without_gold_unscored(trainer):
     (prompt,) = prompts_of(trainer, ["What is 7 + 5?"])
-    batch = build_batch([prompt, prompt], [[], []], [[0], [0]], ["12", None], [], "", str)
-    rates = likelihood_rates(trainer.prover, batch, lambda t: trainer._tokenizer(t)["input_ids"], "{answer}}$")
+    estimate = likelihood_estimator(trainer).estimate([prompt, prompt], [[], []], ["", ""],
+                                                      [{"answer": "12"}, {"answer": None}], lengths=[[0], [0]])
+    rates = estimate.rates
     assert rates[0] is not None and 0.0 < rates[0] < 1.0 and rates[1] is None

@@ -13,7 +13,7 @@ from mrt.rewards import (
     parse_answer,
     parse_gold,
     score,
-    score_continuation,
+    score_forced,
 )
 
 # ---------------------------------------------------------------- correctness
@@ -35,7 +35,7 @@ def test_parse_gold_accepts_common_forms(gold):
 def test_unparsable_gold_is_unscorable(gold):
     assert parse_gold(gold) is None
     assert score("\\boxed{12}", gold) is None
-    assert score_continuation("so \\boxed{", "12}", gold) is None
+    assert score_forced("\\boxed{12}", gold) is None
 
 
 @pytest.mark.parametrize(
@@ -78,25 +78,28 @@ def test_box_with_braces_inside_is_read_whole():
 # ---------------------------------------------------------------- prover continuations
 
 
-def test_continuation_fills_an_open_box():
-    prefix = "7 + 5 ... Time is up. so the final answer is \\boxed{"
-    assert score_continuation(prefix, "12}", "12") == 1.0
-    assert score_continuation(prefix, "12", "12") == 1.0  # the stop string "}" was cut off
-    assert score_continuation(prefix, "13}", "12") == 0.0
+def test_forced_answer_fills_an_open_box():
+    assert score_forced("\\boxed{12}", "12") == 1.0
+    assert score_forced("\\boxed{13}", "12") == 0.0
+    assert score_forced("\\boxed{12", "12") == 0.0  # cut at the token limit inside the box: no answer
+    assert score_forced("\\boxed{}", "12") == 0.0  # an empty box
 
 
-def test_continuation_answer_beats_prefix_answer():
-    prefix = "I think it is \\boxed{5}. Time is up.\n"
-    assert score_continuation(prefix, "The answer is \\boxed{6}.", "6") == 1.0
-    assert score_continuation(prefix, "The answer is \\boxed{6}.", "5") == 0.0
-    assert score_continuation(prefix, "So it is 6.", "6") == 1.0  # a bare answer also beats the prefix
+def test_forced_answer_is_read_from_mu_s_text_only():
+    assert score_forced("The answer is \\boxed{6}.", "6") == 1.0
+    assert score_forced("So it is 6.", "6") == 1.0  # a bare answer of mu's own counts
+    assert score_forced("", "5") == 0.0
+    assert score_forced("\n\nTo solve this problem, we", "12") == 0.0
 
 
-def test_prefix_answer_counts_when_continuation_has_none():
-    prefix = "I think it is \\boxed{5}. Time is up.\n"
-    assert score_continuation(prefix, "", "5") == 1.0
-    assert score_continuation(prefix + "so the final answer is \\boxed{", "", "5") == 1.0
-    assert score_continuation("Time is up. \\boxed{", "", "5") == 0.0
+def test_accuracy_reward_grades_only_the_forced_answer_of_a_prover_sample():
+    reward = make_accuracy_reward("answer")
+    # The completion text holds the prefix's answer 12; mu's own continuation has none.
+    completion = "That gives 12.\n\nTime is up.\n\nTo solve this problem, we"
+    assert reward(prompts=["q"], completions=[completion], answer=["12"]) == [1.0]  # a policy completion
+    assert reward(prompts=["q"], completions=[completion], answer=["12"],
+                  forced_answer=["To solve this problem, we"]) == [0.0]
+
 
 
 # ---------------------------------------------------------------- TRL reward function

@@ -131,11 +131,21 @@ def test_unparsable_gold_is_unscorable_with_zero_advantage(tiny_model_path, tmp_
 
 def test_truncated_and_markerless_completions_still_get_episodes(tiny_model_path, tmp_path):
     # The random model almost never stops or writes a marker: completions are cut at the limit.
+    trainer = mrt_trainer(tiny_model_path, tmp_path, max_completion_length=8)
+    output = one_batch(trainer)
+    assert output["completion_mask"].sum(dim=1).tolist() == [8] * 4
+    assert all(ends and ends[-1] == 8 for ends in trainer.last_progress.ends)
+    assert torch.isfinite(output["advantages"]).all()
+
+
+def test_completions_masked_as_truncated_are_not_sent_to_the_prover(tiny_model_path, tmp_path):
     trainer = mrt_trainer(tiny_model_path, tmp_path, max_completion_length=8, mask_truncated_completions=True)
     output = one_batch(trainer)
     assert output["completion_mask"].sum() == 0  # every completion was truncated and masked by TRL
-    assert all(ends and ends[-1] == 8 for ends in trainer.last_progress.ends)
-    assert torch.isfinite(output["advantages"]).all()
+    record = trainer.last_progress
+    assert record.ends == [[]] * 4 and record.j_values == [[]] * 4
+    assert trainer._metrics["train"]["mrt/prover_requests"][-1] == 0
+    assert torch.equal(output["advantages"], record.grpo_advantages.unsqueeze(1).expand_as(output["advantages"]))
 
 
 def test_empty_completion_has_no_episode_and_no_crash(tiny_model_path, tmp_path):

@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from mrt.episodes import DEFAULT_MARKERS
+from mrt.checks import check
+from mrt.episodes import DEFAULT_MARKERS, FALLBACKS, EpisodeRules, no_empty_tag
 
 AUTHORS_SUFFIX = (
     "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
@@ -21,7 +22,6 @@ SUFFIX_PRESETS = {
 
 PROGRESS_MODES = ("dense", "termination_baseline", "branched")
 PREFIX_SOURCES = ("rollouts", "dataset")
-EPISODE_FALLBACKS = ("paragraphs", "chunks", "none")
 PROVERS = ("policy", "server")
 ESTIMATORS = ("sampling", "likelihood")
 
@@ -79,7 +79,7 @@ class MRTConfig(GRPOConfig):
         metadata={
             "help": "Split used when a completion has no marker: 'paragraphs' (then fixed chunks if there is only "
             "one paragraph), 'chunks', or 'none' (one episode).",
-            "choices": list(EPISODE_FALLBACKS),
+            "choices": list(FALLBACKS),
         },
     )
     episode_chunk_tokens: int = field(
@@ -195,10 +195,22 @@ class MRTConfig(GRPOConfig):
         },
     )
 
+    progress_reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Reward functions (names or indices into reward_funcs) that define success for J, combined with "
+            "their reward_weights as GRPO combines them. None: all of them. E.g. ['accuracy'] to leave a format "
+            "reward out of the progress signal."
+        },
+    )
+
     # Data
     answer_column: str = field(
         default="answer",
-        metadata={"help": "Dataset column with the gold answer used to score the policy and mu."},
+        metadata={
+            "help": "Dataset column with the gold answer: read by the default reward (math-verify, used when "
+            "reward_funcs is None) and by the likelihood estimator; other datasets need not have it."
+        },
     )
     max_prompt_length: int | None = field(
         default=None,
@@ -208,8 +220,8 @@ class MRTConfig(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         self.episode_markers = list(self.episode_markers or [])
-        if self.end_of_thinking_tag == "":
-            self.end_of_thinking_tag = None
+        self.end_of_thinking_tag = no_empty_tag(self.end_of_thinking_tag)
+        self.episode_rules(None)  # EpisodeRules checks the episode fields
         _check(self.alpha >= 0 and self.alpha == self.alpha, "alpha", self.alpha, "a number >= 0")
         _check(self.progress_mode in PROGRESS_MODES, "progress_mode", self.progress_mode, f"one of {PROGRESS_MODES}")
         _check(self.prover in PROVERS, "prover", self.prover, f"one of {PROVERS}")
@@ -220,11 +232,6 @@ class MRTConfig(GRPOConfig):
         _check(self.prover_estimator != "likelihood" or self.termination_suffix != "authors", "prover_estimator",
                self.prover_estimator, "'sampling' with the 'authors' suffix, which does not end at the answer slot "
                "(use termination_suffix='boxed' or your own suffix ending where the answer starts)")
-        _check(self.episode_fallback in EPISODE_FALLBACKS, "episode_fallback", self.episode_fallback,
-               f"one of {EPISODE_FALLBACKS}")
-        _check(self.max_episodes >= 1, "max_episodes", self.max_episodes, ">= 1")
-        _check(self.min_paragraphs_between >= 0, "min_paragraphs_between", self.min_paragraphs_between, ">= 0")
-        _check(self.episode_chunk_tokens >= 1, "episode_chunk_tokens", self.episode_chunk_tokens, ">= 1")
         _check(self.prover_num_samples >= 1, "prover_num_samples", self.prover_num_samples, ">= 1")
         _check(self.prover_max_tokens >= 1, "prover_max_tokens", self.prover_max_tokens, ">= 1")
         _check(self.prover_batch_size >= 1, "prover_batch_size", self.prover_batch_size, ">= 1")
@@ -245,16 +252,31 @@ class MRTConfig(GRPOConfig):
             _check(self.num_generations is not None and self.num_generations >= 2 and self.num_generations % 2 == 0,
                    "num_generations", self.num_generations, "an even number >= 2 with progress_mode='branched' "
                    "(half of each group continues the prefix, half terminates)")
+            local = self.per_device_train_batch_size * (self.steps_per_generation or 1)
+            _check(local % self.num_generations == 0, "per_device_train_batch_size",
+                   self.per_device_train_batch_size, f"a value for which per_device_train_batch_size x "
+                   f"steps_per_generation ({self.steps_per_generation}) is a multiple of num_generations "
+                   f"({self.num_generations}) with progress_mode='branched', so that every process holds whole groups")
             _check(self.multi_objective_aggregation == "sum_then_normalize", "multi_objective_aggregation",
                    self.multi_objective_aggregation, "'sum_then_normalize' with progress_mode='branched'")
         _check(bool(self.answer_column), "answer_column", self.answer_column, "a column name")
         _check(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
                self.max_prompt_length, "None or >= 1")
-        _check(all(isinstance(m, str) and m.strip() for m in self.episode_markers), "episode_markers",
-               self.episode_markers, "non-empty strings")
         if self.estimate_progress is False:
             _check(self.alpha == 0 and self.progress_mode == "dense", "estimate_progress", False,
                    "True or None while alpha > 0 or progress_mode != 'dense' (they need the prover)")
+
+    def episode_rules(self, end_of_thinking_tag: str | None) -> EpisodeRules:
+        """The episode rules of these settings (with the resolved end-of-thinking tag)."""
+        fields = {"markers": "episode_markers", "min_paragraphs_between": "min_paragraphs_between",
+                  "max_episodes": "max_episodes", "fallback": "episode_fallback", "chunk_tokens": "episode_chunk_tokens"}
+        try:
+            return EpisodeRules(markers=tuple(self.episode_markers), min_paragraphs_between=self.min_paragraphs_between,
+                                max_episodes=self.max_episodes, fallback=self.episode_fallback,
+                                chunk_tokens=self.episode_chunk_tokens, end_of_thinking_tag=end_of_thinking_tag)
+        except ValueError as error:
+            name = next((f for rule, f in fields.items() if str(error).startswith(rule)), "episode_markers")
+            raise ValueError(f"MRTConfig.{name} = {getattr(self, name)!r} is invalid: {error}.") from None
 
     @property
     def runs_prover(self) -> bool:
@@ -264,5 +286,4 @@ class MRTConfig(GRPOConfig):
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"MRTConfig.{name} = {value!r} is invalid: expected {expected}.")
+    check(ok, "MRTConfig", name, value, expected)

@@ -70,7 +70,7 @@ class EpisodeRules:
     end_of_thinking_tag: str | None = None
 
     def __post_init__(self):
-        if isinstance(self.markers, str) or not all(isinstance(m, str) and m for m in self.markers):
+        if isinstance(self.markers, str) or not all(isinstance(m, str) and m.strip() for m in self.markers):
             raise ValueError(f"markers must be a sequence of non-empty strings, got {self.markers!r}")
         # Accept any sequence (a list from a YAML config, say) but store a tuple.
         object.__setattr__(self, "markers", tuple(self.markers))
@@ -82,8 +82,7 @@ class EpisodeRules:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if self.chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
-        if self.end_of_thinking_tag == "":
-            object.__setattr__(self, "end_of_thinking_tag", None)
+        object.__setattr__(self, "end_of_thinking_tag", no_empty_tag(self.end_of_thinking_tag))
 
 
 def _paragraph_starts(text: str) -> list[int]:
@@ -175,11 +174,16 @@ def episode_ends(pieces: Sequence[str], rules: EpisodeRules) -> list[int]:
     return _merge_evenly(boundaries + [n], rules.max_episodes)
 
 
+def no_empty_tag(tag: str | None) -> str | None:
+    """An end-of-thinking tag setting with '' read as None (no tag)."""
+    return tag or None
+
+
 def resolve_thinking_tag(tag: str | None, tokenizer) -> str | None:
     """The end-of-thinking tag to use: 'auto' is '</think>' when the tokenizer has it as a token, else none."""
     if tag == "auto":
         return "</think>" if "</think>" in tokenizer.get_vocab() else None
-    return tag or None
+    return no_empty_tag(tag)
 
 
 def prefix_lengths(ends: Sequence[int]) -> list[int]:

@@ -19,11 +19,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mrt.episodes import EpisodeRules, prefix_lengths, resolve_thinking_tag, split_completion
-from mrt.progress import curve_value, efficiency_ratios, progress, regret_at, tokens_to_reach
+from mrt.checks import check
+from mrt.episodes import EpisodeRules, no_empty_tag, prefix_lengths, resolve_thinking_tag, split_completion
 from mrt.generation import BACKENDS
-from mrt.prover import build_batch, success_rates, termination_suffix
-from mrt.rewards import score
+from mrt.progress import curve_value, efficiency_ratios, progress, regret_at, tokens_to_reach
+from mrt.prover import ProgressEstimator, RewardScorer, Suffix, make_suffix
+from mrt.rewards import make_accuracy_reward, score
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +105,7 @@ class EvalConfig:
             self.cutoffs = [b for b in self.budgets if b > 0] or [self.max_tokens]
         self.cutoffs = sorted(set(int(c) for c in self.cutoffs))
         _check(all(c > 0 for c in self.cutoffs), "cutoffs", self.cutoffs, "token counts > 0")
-        if self.end_of_thinking_tag == "":
-            self.end_of_thinking_tag = None
+        self.end_of_thinking_tag = no_empty_tag(self.end_of_thinking_tag)
         EpisodeRules(max_episodes=self.max_episodes, min_paragraphs_between=self.min_paragraphs_between,
                      fallback=self.episode_fallback, chunk_tokens=self.episode_chunk_tokens)  # checks them
 
@@ -118,8 +118,7 @@ class EvalConfig:
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"EvalConfig.{name} = {value!r} is invalid: expected {expected}.")
+    check(ok, "EvalConfig", name, value, expected)
 
 
 # ---------------------------------------------------------------- one problem
@@ -127,12 +126,12 @@ def _check(ok: bool, name: str, value, expected: str) -> None:
 
 @dataclass
 class ProblemSetup:
-    """What every problem of one model needs: tokenizer, episode rules, suffix, the samplers."""
+    """What every problem of one model needs: tokenizer, episode rules, suffix, how answers are scored."""
 
     tokenizer: object
     rules: EpisodeRules
-    suffix_text: str
-    suffix_ids: list[int]
+    suffix: Suffix
+    scorer: RewardScorer
 
 
 def make_setup(config: EvalConfig, tokenizer) -> ProblemSetup:
@@ -140,8 +139,8 @@ def make_setup(config: EvalConfig, tokenizer) -> ProblemSetup:
     rules = EpisodeRules(max_episodes=config.max_episodes, min_paragraphs_between=config.min_paragraphs_between,
                          fallback=config.episode_fallback, chunk_tokens=config.episode_chunk_tokens,
                          end_of_thinking_tag=tag)
-    text = termination_suffix(config.termination_suffix, tag)
-    return ProblemSetup(tokenizer, rules, text, tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ProblemSetup(tokenizer, rules, make_suffix(tokenizer, config.termination_suffix, tag),
+                        RewardScorer(make_accuracy_reward("answer")))
 
 
 def prompt_ids(tokenizer, prompt) -> list[int]:
@@ -171,13 +170,12 @@ def evaluate_problem(config: EvalConfig, setup: ProblemSetup, model, mu, prompt:
                      "episode_ends": ends})
 
     def ask(generator, lengths, call_seed) -> list[dict[int, float | None]]:
-        decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-        batch = build_batch([prompt] * k, [s.ids for s in samples], lengths, [gold] * k, setup.suffix_ids,
-                            setup.suffix_text, decode)
-        answers = generator.generate(batch.prompts, config.prover_num_samples, config.prover_max_tokens,
-                                     answer_temperature, config.prover_stop, call_seed)
-        rates = success_rates(batch, [[a.text for a in group] for group in answers])
-        return [{b: rates[r] for b, r in zip(ls, row)} for ls, row in zip(lengths, batch.index)]
+        estimator = ProgressEstimator(generator.prover, tok, setup.rules, setup.suffix, setup.scorer,
+                                      num_samples=config.prover_num_samples, max_tokens=config.prover_max_tokens,
+                                      temperature=answer_temperature, stop=config.prover_stop)
+        estimate = estimator.estimate([prompt] * k, [s.ids for s in samples], [""] * k, [{"answer": gold}] * k,
+                                      lengths=lengths, seed=call_seed)
+        return [{b: estimate.rates[r] for b, r in zip(ls, row)} for ls, row in zip(lengths, estimate.requests.index)]
 
     if mu is model:  # one batch: episode prefixes and budgets share requests
         both = ask(model, [sorted({*a, *b}) for a, b in zip(mu_lengths, budget_lengths)], seed + 1)

@@ -11,10 +11,9 @@ import gc
 import importlib.util
 import logging
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Protocol
 
-from mrt.prover import PolicyProver
+from mrt.prover import Prover, TransformersProver, VLLMPolicyProver, eos_ids
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +30,7 @@ class Sample:
 class Generator(Protocol):
     name: str
     tokenizer: object
+    prover: Prover  # the same model as mu, for `mrt.prover.ProgressEstimator`
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
                  stop: list[str] | None = None, seed: int = 0) -> list[list[Sample]]:
@@ -57,9 +57,9 @@ def make_generator(model: str, backend: str = "auto", dtype: str = "float32", ba
 class TransformersGenerator:
     """`model.generate` on a model loaded by transformers, in chunks of at most `batch_size` sequences.
 
-    Sampling goes through the trainer's prover code (`PolicyProver._branch`): each chunk's prompts are read once,
-    shared leading tokens (the chat prompt, a completion's earlier episodes) only once, and the `n` samples of a
-    prompt branch from its cache.
+    Sampling goes through the prover's transformers backend (`mrt.prover.TransformersProver`): each chunk's prompts
+    are read once, shared leading tokens (the chat prompt, a completion's earlier episodes) only once, and the `n`
+    samples of a prompt branch from its cache.
     """
 
     name = "transformers"
@@ -71,41 +71,17 @@ class TransformersGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(
             model, dtype=getattr(torch, dtype) if dtype != "auto" else "auto").eval()
-        self.batch_size = batch_size
-        eos = self.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if self.tokenizer.eos_token_id is not None:
-            eos.append(self.tokenizer.eos_token_id)
         if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token_id = eos[0]
-        self.eos_ids = sorted(set(eos))
-        # What PolicyProver reads from its trainer.
-        self._prover = PolicyProver(SimpleNamespace(
-            accelerator=SimpleNamespace(device=self.model.device), _tokenizer=self.tokenizer,
-            eos_token_ids=self.eos_ids))
+            self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
+        self.prover = TransformersProver.for_model(self.model, self.tokenizer, batch_size)
 
     def generate(self, prompts, n, max_tokens, temperature, stop=None, seed=0):
-        import torch
-        from transformers import GenerationConfig
-
-        torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} \
-            if temperature > 0 else {"do_sample": False}
-        config = GenerationConfig(max_new_tokens=max_tokens, num_return_sequences=1, eos_token_id=self.eos_ids,
-                                  pad_token_id=self.tokenizer.pad_token_id, **sampling)
-        per_call = max(1, self.batch_size // n)
-        out: list[list[Sample]] = []
-        with torch.no_grad():
-            for k in range(0, len(prompts), per_call):
-                chunk = [list(p) for p in prompts[k:k + per_call]]
-                rows = self._prover._branch(self.model, chunk, config, n, stop)
-                for i in range(len(chunk)):
-                    out.append([self._sample(ids, max_tokens, stop) for ids in rows[i * n:(i + 1) * n]])
-        return out
+        rows = self.prover.generate([list(p) for p in prompts], n, max_tokens, temperature, stop, seed)
+        return [[self._sample(ids, max_tokens, stop) for ids in group] for group in rows]
 
     def _sample(self, ids: list[int], max_tokens: int, stop) -> Sample:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        # _branch cuts a row at its EOS (or the padding after a stop string): shorter than max_tokens = ended.
+        # The prover cuts a row at its EOS (or the padding after a stop string): shorter than max_tokens = ended.
         return Sample(ids, text, len(ids) < max_tokens or any(s in text for s in stop or []))
 
     def close(self):
@@ -127,6 +103,7 @@ class VLLMGenerator:
 
         self.llm = LLM(model=model, **options)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.prover = VLLMPolicyProver(eos_ids(self.tokenizer, _declared_eos(model)), llm=self.llm)
 
     def generate(self, prompts, n, max_tokens, temperature, stop=None, seed=0):
         from vllm import SamplingParams
@@ -140,3 +117,13 @@ class VLLMGenerator:
     def close(self):
         del self.llm
         gc.collect()
+
+
+def _declared_eos(model: str):
+    """The EOS ids a model folder declares in its generation config (None without one)."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model).eos_token_id
+    except OSError:
+        return None

@@ -44,6 +44,9 @@ _RETRY_SECONDS = 0.05  # after the deadline, the watchdog interrupts again this 
 math_verify.parser.TIMEOUT_WARNING_SHOWN = True
 math_verify.grader.TIMEOUT_WARNING_SHOWN = True
 
+# Reward kwarg that MRT's prover scoring adds: per completion, the text mu wrote after the termination suffix.
+FORCED_ANSWER = "forced_answer"
+
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _WRAPPED = re.compile(r"\$|\\boxed|\\fbox|\\\(|\\\[")
 # Unboxed arithmetic between numbers ("4 + 8", "12 - 4", "3*5") is a restated question, not an answer.
@@ -194,7 +197,7 @@ def _too_big(answer: list) -> bool:
 # ---------------------------------------------------------------- answers
 
 
-def _last_box(text: str) -> tuple[int, str, bool] | None:
+def last_box(text: str) -> tuple[int, str, bool] | None:
     """(start, content, closed) of the last \\boxed{...} in text; an unclosed box runs to the end."""
     match = None
     for match in _BOX.finditer(text):
@@ -235,7 +238,7 @@ def _parse(text: str) -> list:
 
 
 def _parse_answer_raw(text: str) -> list:
-    box = _last_box(text)
+    box = last_box(text)
     if box is None:
         answer = _parse(text[-MAX_TAIL_CHARS:])
         if len(answer) > 1 and _UNEVALUATED.search(str(answer[1])):
@@ -255,16 +258,14 @@ def parse_answer(text: str) -> list:
     return _bounded(_parse_answer_raw, [], text)
 
 
-def _continuation_answer(prefix: str, continuation: str) -> list:
-    box = _last_box(prefix)
+def _forced_answer(text: str) -> list:
+    """The answer mu wrote after the termination suffix (`text` is mu's continuation, with the suffix's open
+    \\boxed{ in front when the suffix ends inside one): a box must be closed and non-empty, and without a box the
+    continuation's own tail is read. Nothing before the suffix is ever read."""
+    box = last_box(text)
     if box is not None and not box[2]:
-        # The prefix ends inside an open \boxed{: the continuation fills that box.
-        start = box[0]
-        answer = _parse_answer_raw(prefix[start:] + continuation)
-        prefix = prefix[:start]
-    else:
-        answer = _parse_answer_raw(continuation)
-    return answer or _parse_answer_raw(prefix)
+        return []  # cut off inside the box (at the token limit): no answer
+    return _parse_answer_raw(text)
 
 
 # ---------------------------------------------------------------- gold
@@ -309,14 +310,14 @@ def score(text: str, gold) -> float | None:
     return _bounded(lambda: _verify(parsed_gold, _parse_answer_raw(text)), 0.0)
 
 
-def score_continuation(prefix: str, continuation: str, gold) -> float | None:
-    """Score of the text prefix + continuation where the last answer wins: an answer in the
-    continuation beats one in the prefix. A prefix that ends inside an open \\boxed{ is completed by
-    the continuation (prefix "... \\boxed{" + continuation "12}" answers 12)."""
+def score_forced(text: str, gold) -> float | None:
+    """Score of mu's forced answer: `text` is only what mu wrote after the termination suffix (see
+    `mrt.prover.scoring.forced_text`). No answer (empty, an empty or unclosed box) is 0.0; None when the gold is
+    unparsable."""
     parsed_gold = parse_gold(gold)
     if parsed_gold is None:
         return None
-    return _bounded(lambda: _verify(parsed_gold, _continuation_answer(prefix, continuation)), 0.0)
+    return _bounded(lambda: _verify(parsed_gold, _forced_answer(text)), 0.0)
 
 
 # ---------------------------------------------------------------- TRL reward function
@@ -338,7 +339,8 @@ def _completion_text(completion) -> str:
 
 def make_accuracy_reward(answer_column: str = "answer") -> Callable:
     """A TRL reward function: 1.0 / 0.0 per completion by math-verify against the gold answers in
-    the dataset column `answer_column`; None where the gold is unparsable."""
+    the dataset column `answer_column`; None where the gold is unparsable. On a prover sample (the reward kwarg
+    `forced_answer` is set) only mu's own answer after the termination suffix is graded."""
 
     def accuracy(prompts, completions, **kwargs) -> list[float | None]:
         if answer_column not in kwargs:
@@ -352,6 +354,9 @@ def make_accuracy_reward(answer_column: str = "answer") -> Callable:
                 f"accuracy reward: {len(completions)} completions but {len(golds)} values "
                 f"in {answer_column!r}"
             )
+        forced = kwargs.get(FORCED_ANSWER)
+        if forced is not None:  # a prover sample (mrt.prover.scoring): grade only what mu wrote
+            return [score_forced(text, g) for text, g in zip(forced, golds)]
         return [score(_completion_text(c), g) for c, g in zip(completions, golds)]
 
     accuracy.__name__ = "accuracy"

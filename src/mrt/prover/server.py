@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import openai
 from openai import OpenAI
 
+from mrt.prover.base import check_answers, chunks, cut_at_eos, eos_ids
+
 # Probe text whose token ids must be the same on both sides: words, digits, spaces, blank lines, unicode.
 PROBE = "Time is up.\n\nGiven 12 + 345 = 357, wait: \u00e9\u00e8 \u222b x dx, \\boxed{7}.  Hmm\n"
 
@@ -62,10 +64,12 @@ class ServerProver:
     # ------------------------------------------------------------------ Prover protocol
 
     def generate(self, prompts: list[list[int]], num_samples: int, max_tokens: int, temperature: float,
-                 stop: list[str] | None) -> list[list[list[int]]]:
+                 stop: list[str] | None, seed: int | None = None) -> list[list[list[int]]]:
         per_call = max(1, self.requests_per_call // num_samples)
         body = {"include_stop_str_in_output": True, "return_token_ids": True, "add_special_tokens": False}
-        eos = self._eos_ids()
+        if seed is not None:
+            body["seed"] = seed
+        eos = eos_ids(self.tokenizer)
 
         def call(chunk: list[list[int]]) -> list[list[list[int]]]:
             response = self._call(prompt=chunk, n=num_samples, max_tokens=max_tokens, temperature=temperature,
@@ -74,14 +78,13 @@ class ServerProver:
             if len(choices) != len(chunk) * num_samples:
                 raise ProverServerError(f"The prover server at {self.url} answered {len(choices)} choices for "
                                         f"{len(chunk)} prompts x n={num_samples}.")
-            rows = [_strip_eos(_extra(c, "token_ids"), eos) for c in choices]
+            rows = [cut_at_eos(_extra(c, "token_ids"), eos) for c in choices]
             return [rows[k * num_samples:(k + 1) * num_samples] for k in range(len(chunk))]
 
         return self._in_chunks(prompts, per_call, call)
 
     def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
-        if any(not a for a in answers):
-            raise ValueError("Every answer needs at least one token to score its likelihood.")
+        check_answers(answers)
         items = [([*p, *a], len(a)) for p, a in zip(prompts, answers, strict=True)]
 
         def call(chunk: list[tuple[list[int], int]]) -> list[float]:
@@ -99,11 +102,11 @@ class ServerProver:
     # ------------------------------------------------------------------ plumbing
 
     def _in_chunks(self, items: list, per_call: int, call) -> list:
-        chunks = [items[k:k + per_call] for k in range(0, len(items), per_call)]
-        if not chunks:
+        parts = chunks(items, per_call)
+        if not parts:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.parallel_calls, len(chunks))) as pool:
-            return [row for part in pool.map(call, chunks) for row in part]
+        with ThreadPoolExecutor(max_workers=min(self.parallel_calls, len(parts))) as pool:
+            return [row for part in pool.map(call, parts) for row in part]
 
     def _call(self, **kwargs):
         try:
@@ -161,10 +164,6 @@ class ServerProver:
                 "prover reads the policy's token ids, so mu must use the same tokenizer."
             )
 
-    def _eos_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        return {i for i in ids if i is not None}
-
 
 def _extra(choice, name: str):
     """A vLLM field the OpenAI types do not declare (kept by pydantic as an extra attribute)."""
@@ -174,12 +173,6 @@ def _extra(choice, name: str):
     if value is None:
         raise ProverServerError(f"The prover server's answer has no {name!r}: it needs vLLM >= 0.10.2.")
     return value
-
-
-def _strip_eos(ids: list[int], eos: set[int]) -> list[int]:
-    """A sample's tokens up to its first EOS (vLLM keeps the EOS token in `token_ids`)."""
-    cut = next((k for k, tok in enumerate(ids) if tok in eos), len(ids))
-    return list(ids[:cut])
 
 
 def _logprob(entry: dict, token: int) -> float:

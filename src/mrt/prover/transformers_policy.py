@@ -1,140 +1,101 @@
-"""Prover requests and backends: mu finishes the answer from every episode prefix."""
+"""mu through a transformers model: prefill each prompt once, branch the samples from its cached keys and values."""
 
 import copy
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from contextlib import contextmanager
 
 import torch
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import DynamicLayer
 from trl.models.utils import unwrap_model_for_generation
 
-from mrt.config import SUFFIX_PRESETS
-from mrt.rewards import score_continuation
+from mrt.prover.base import check_answers, chunks, cut_at_eos, eos_ids
+from mrt.prover.scoring import max_over_ranks
 
 
-def termination_suffix(suffix: str, end_of_thinking_tag: str | None) -> str:
-    """The suffix text: a preset ('authors', 'boxed') with the tag in place, or literal text as given."""
-    if suffix not in SUFFIX_PRESETS:
-        return suffix
-    before, after = SUFFIX_PRESETS[suffix]
-    return before + (end_of_thinking_tag or "") + after
+class TransformersProver:
+    """mu through a transformers model: the trainer's own policy (no second copy) or a model of its own.
 
-
-@dataclass
-class ProverBatch:
-    """The unique prover prompts of a generation batch and where each completion's prefixes went."""
-
-    prompts: list[list[int]] = field(default_factory=list)  # prompt + prefix + suffix token ids
-    texts: list[str] = field(default_factory=list)  # decoded prefix + suffix, scored with mu's continuation
-    golds: list = field(default_factory=list)
-    index: list[list[int]] = field(default_factory=list)  # index[i][j]: request of completion i's prefix j
-    asked: int = 0  # requests before de-duplication
-
-
-def build_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
-                prefix_lengths: Sequence[Sequence[int]], golds: Sequence, suffix_ids: Sequence[int],
-                suffix_text: str, decode) -> ProverBatch:
-    """One request per (completion, prefix); identical prompts with the same gold are asked once."""
-    batch, seen = ProverBatch(), {}
-    for prompt, completion, lengths, gold in zip(prompt_ids, completion_ids, prefix_lengths, golds, strict=True):
-        row = []
-        for b in lengths:
-            key = (tuple(prompt), tuple(completion[:b]), str(gold))
-            batch.asked += 1
-            if key not in seen:
-                seen[key] = len(batch.prompts)
-                batch.prompts.append([*prompt, *completion[:b], *suffix_ids])
-                batch.texts.append(decode(completion[:b]) + suffix_text)
-                batch.golds.append(gold)
-            row.append(seen[key])
-        batch.index.append(row)
-    return batch
-
-
-def success_rates(batch: ProverBatch, samples: Sequence[Sequence[str]]) -> list[float | None]:
-    """J per request: the mean 0/1 score of mu's samples (None when the gold cannot be parsed)."""
-    rates = []
-    for text, gold, continuations in zip(batch.texts, batch.golds, samples, strict=True):
-        scores = [score_continuation(text, c, gold) for c in continuations]
-        rates.append(None if any(s is None for s in scores) else sum(scores) / len(scores))
-    return rates
-
-
-def likelihood_rates(prover: "Prover", batch: ProverBatch, encode, answer_format: str) -> list[float | None]:
-    """J per request for the likelihood estimator: the probability that mu writes the formatted gold answer right
-    after the suffix (None when the request has no gold). `encode` maps text to token ids without special tokens."""
-    answers = [encode(answer_format.replace("{answer}", str(gold).strip()))
-               if gold is not None and str(gold).strip() else None for gold in batch.golds]
-    known = [i for i, a in enumerate(answers) if a]
-    # Called even with nothing to score: under ZeRO-3 every rank must take part in the model calls.
-    logps = prover.likelihood([batch.prompts[i] for i in known], [answers[i] for i in known])
-    rates: list[float | None] = [None] * len(answers)
-    for i, value in zip(known, logps, strict=True):
-        rates[i] = math.exp(value)
-    return rates
-
-
-class Prover(Protocol):
-    """What the trainer asks of mu. Prompts are token ids of the policy's tokenizer (prompt + prefix + suffix)."""
-
-    def generate(self, prompts: list[list[int]], num_samples: int, max_tokens: int, temperature: float,
-                 stop: list[str] | None) -> list[list[list[int]]]:
-        """`num_samples` continuations per prompt, as token ids (a stop string is kept, EOS is not)."""
-
-    def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
-        """log P(answers[i] | prompts[i]) under mu: the sum of the answer tokens' log-probabilities."""
-
-
-def make_prover(trainer) -> Prover:
-    """The prover backend the trainer's config asks for: a frozen mu on its own vLLM server (`prover: server`),
-    or mu = the policy through the trainer's own generation engine (TRL's vLLM when `use_vllm`, else the
-    transformers model)."""
-    if trainer.args.prover == "server":
-        from mrt.prover_server import ServerProver  # needs the `openai` package (the `server` extra)
-
-        return ServerProver.from_trainer(trainer)
-    if trainer.args.use_vllm:
-        from mrt.prover_vllm import VLLMPolicyProver  # imports nothing from vLLM until it generates
-
-        return VLLMPolicyProver(trainer)
-    return PolicyProver(trainer)
-
-
-class PolicyProver:
-    """mu = the current policy through the trainer's own transformers model.
-
-    All requests go through one unwrap-for-generation context, in chunks of at most `prover_batch_size` sequences.
-    `generate` reads each prompt once and branches its `num_samples` samples from the cached keys and values;
-    `likelihood` is one teacher-forced pass per chunk. Every rank makes the same number of model calls (ranks with
-    fewer chunks run a tiny dummy chunk) so that ZeRO-3's collective parameter gathers stay in step.
+    `model_context()` enters whatever the model needs to generate and yields it (the trainer passes TRL's
+    unwrap-for-generation, which gathers ZeRO-3 parameters; a plain model needs nothing). All requests of a call
+    go through one context, in chunks of at most `batch_size` sequences. Chunks are cut from the prompts in token
+    order, so the prefixes of one completion sit in the same chunk and share their prefill. `generate` reads each
+    prompt once and branches its samples from the cached keys and values; `likelihood` is one teacher-forced pass
+    per chunk. With an `accelerator`, every rank makes the same number of model calls (a rank with fewer chunks
+    runs a tiny dummy chunk) so that ZeRO-3's collective parameter gathers stay in step.
     """
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, model_context, tokenizer, eos: set[int], generation_config: GenerationConfig,
+                 batch_size: int = 64, accelerator=None, device=None):
+        self.model_context, self.tokenizer, self.eos = model_context, tokenizer, set(eos)
+        self.generation_config, self.batch_size, self.accelerator = generation_config, batch_size, accelerator
+        self.device = device if device is not None else accelerator.device
+        self.prefill_tokens = 0  # tokens read by prefill passes (a counter for benchmarks)
+
+    @classmethod
+    def from_trainer(cls, trainer) -> "TransformersProver":
+        args = trainer.args
+
+        @contextmanager
+        def model_context():
+            with (
+                unwrap_model_for_generation(
+                    trainer.model_wrapped, trainer.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation,
+                    generation_kwargs=trainer.generation_kwargs,
+                    gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+                ) as model,
+                torch.no_grad(),
+                trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),
+            ):
+                yield model
+
+        return cls(model_context, trainer._tokenizer, {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id},
+                   trainer.generation_config, args.prover_batch_size, trainer.accelerator)
+
+    @classmethod
+    def for_model(cls, model, tokenizer, batch_size: int = 64) -> "TransformersProver":
+        """mu = a model of its own (evaluation, MRT-STaR): plain sampling, temperature set per call."""
+        declared = model.generation_config.eos_token_id
+        ends = [declared] if isinstance(declared, int) else list(declared or [])
+        ends = sorted({*ends, tokenizer.eos_token_id} - {None})
+        config = GenerationConfig(do_sample=True, top_p=1.0, top_k=0, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=ends or None)
+        eos = eos_ids(tokenizer, ends)
+
+        @contextmanager
+        def model_context():
+            with torch.no_grad():
+                yield model
+
+        return cls(model_context, tokenizer, eos, config, batch_size, device=model.device)
 
     def generate(self, prompts: list[list[int]], num_samples: int, max_tokens: int, temperature: float,
-                 stop: list[str] | None) -> list[list[list[int]]]:
-        config = copy.deepcopy(self.trainer.generation_config)
-        config.max_new_tokens, config.temperature, config.num_return_sequences = max_tokens, temperature, 1
+                 stop: list[str] | None, seed: int | None = None) -> list[list[list[int]]]:
+        config = copy.deepcopy(self.generation_config)
+        config.max_new_tokens, config.num_return_sequences = max_tokens, 1
+        # A static or other preset cache cannot take the branched cache passed as past_key_values.
+        config.cache_implementation = None
+        if temperature > 0:
+            config.temperature, config.do_sample = temperature, True
+        else:
+            config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
         dummy = copy.deepcopy(config)
         dummy.max_new_tokens = 1
-        per_call = max(1, self.trainer.args.prover_batch_size // num_samples)
+        per_call = max(1, self.batch_size // num_samples)
+        if seed is not None:
+            torch.manual_seed(seed)
 
         def call(model, chunk: list[int] | None) -> list:
             if chunk is None:
-                self._branch(model, [[self._pad_id] * 2], dummy, 1, None)
+                self.branch(model, [[self._pad_id] * 2], dummy, 1, None)
                 return []
-            out = self._branch(model, [prompts[i] for i in chunk], config, num_samples, stop)
+            out = self.branch(model, [prompts[i] for i in chunk], config, num_samples, stop)
             return [out[k * num_samples:(k + 1) * num_samples] for k in range(len(chunk))]
 
-        return self._in_chunks([len(p) for p in prompts], per_call, call)
+        return self._in_chunks(prompts, per_call, call)
 
     def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
-        if any(not a for a in answers):
-            raise ValueError("Every answer needs at least one token to score its likelihood.")
+        check_answers(answers)
         pairs = [[*p, *a] for p, a in zip(prompts, answers, strict=True)]
 
         def call(model, chunk: list[int] | None) -> list:
@@ -143,62 +104,49 @@ class PolicyProver:
                 return []
             return self._answer_logprobs(model, [pairs[i] for i in chunk], [len(answers[i]) for i in chunk])
 
-        return self._in_chunks([len(p) for p in pairs], self.trainer.args.prover_batch_size, call)
+        return self._in_chunks(pairs, self.batch_size, call)
 
     @property
     def _pad_id(self) -> int:
-        return self.trainer._tokenizer.pad_token_id
+        return self.tokenizer.pad_token_id
 
-    def _in_chunks(self, lengths: list[int], per_call: int, call) -> list:
-        """`call(model, indices)` over chunks of items of similar length, inside one unwrap context; results in
+    def _in_chunks(self, prompts: list[list[int]], per_call: int, call) -> list:
+        """`call(model, indices)` over chunks of prompts in token order, inside one model context; results in
         input order. `call(model, None)` is the dummy call of a rank that has run out of chunks."""
-        t, args = self.trainer, self.trainer.args
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        chunks = [order[k:k + per_call] for k in range(0, len(order), per_call)]
-        calls = _max_over_ranks(len(chunks), t.accelerator)
-        results: list = [None] * len(lengths)
-        with (
-            unwrap_model_for_generation(
-                t.model_wrapped, t.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation,
-                generation_kwargs=t.generation_kwargs,
-                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-            ) as model,
-            torch.no_grad(),
-            t._dist.summon_full_params(t.model_wrapped, recurse=False),
-        ):
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        parts = chunks(order, per_call)
+        calls = max_over_ranks(len(parts), self.accelerator)
+        results: list = [None] * len(prompts)
+        with self.model_context() as model:
             for k in range(calls):
-                if k >= len(chunks):
+                if k >= len(parts):
                     call(model, None)
                     continue
-                for i, value in zip(chunks[k], call(model, chunks[k]), strict=True):
+                for i, value in zip(parts[k], call(model, parts[k]), strict=True):
                     results[i] = value
         return results
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
-        device = self.trainer.accelerator.device
+        device = self.device
         ids = torch.tensor([[self._pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         return ids, mask
 
-    def _branch(self, model, prompts, config, num_samples, stop) -> list[list[int]]:
+    def branch(self, model, prompts, config, num_samples, stop) -> list[list[int]]:
         """Prefill the prompts (shared leading tokens once), copy each cache `num_samples` times and sample; the
         returned rows are grouped by prompt."""
         ids, mask, cache = self._prefill(model, prompts)
+        self.prefill_tokens += int(mask.sum()) if cache is None else 0
         width = ids.size(1)
         if cache is not None:
             cache.batch_repeat_interleave(num_samples)
-        extra = {"stopping_criteria": StoppingCriteriaList([StopOnText(self.trainer._tokenizer, stop, width)])} \
+        extra = {"stopping_criteria": StoppingCriteriaList([StopOnText(self.tokenizer, stop, width)])} \
             if stop else {}
         out = model.generate(input_ids=ids.repeat_interleave(num_samples, dim=0),
                              attention_mask=mask.repeat_interleave(num_samples, dim=0),
                              past_key_values=cache, generation_config=config, **extra)
-        eos = {*self.trainer.eos_token_ids, self._pad_id}  # finished rows are padded
-        samples = []
-        for row in out[:, width:].tolist():
-            cut = next((k for k, tok in enumerate(row) if tok in eos), len(row))
-            samples.append(row[:cut])
-        return samples
+        return [cut_at_eos(row, self.eos) for row in out[:, width:].tolist()]
 
     def _prefill(self, model, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
         """Ids, mask and a cache of every prompt but its last token, reading shared leading tokens once.
@@ -208,13 +156,14 @@ class PolicyProver:
         [pad, shared part | pad, rest]; positions come from the mask, so the padding in the middle is invisible.
         Both passes always run (pass 2 on one pad token when nothing needs it): ZeRO-3 ranks stay in step.
         """
-        device = self.trainer.accelerator.device
+        device = self.device
         source, shared = shared_prefixes(prompts)
         heads = sorted(set(source))
         head_ids, head_mask = self._left_pad([prompts[h][:-1] or [self._pad_id] for h in heads])
         head_cache = DynamicCache(config=model.config)
         model(input_ids=head_ids, attention_mask=head_mask, position_ids=_positions(head_mask),
               past_key_values=head_cache, use_cache=True, logits_to_keep=1)
+        self.prefill_tokens += int(head_mask.sum())
 
         if not all(type(layer) is DynamicLayer for layer in head_cache.layers):
             # Sliding-window (or other) caches do not keep every position: read each prompt whole instead.
@@ -246,6 +195,7 @@ class PolicyProver:
             model(input_ids=ids[todo, front:cut], attention_mask=mask[todo, :cut],
                   position_ids=_positions(mask[todo])[:, front:cut], past_key_values=part, use_cache=True,
                   logits_to_keep=1)
+            self.prefill_tokens += int(mask[todo, front:cut].sum())
             for (keys, values), layer in zip(layers, part.layers):
                 keys[todo, :, front:] = layer.keys[:, :, front:]
                 values[todo, :, front:] = layer.values[:, :, front:]
@@ -313,9 +263,3 @@ class StopOnText(StoppingCriteria):
         tail = input_ids[:, max(self.start, input_ids.size(1) - self.window):]
         texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
         return torch.tensor([any(s in text for s in self.stop) for text in texts], device=input_ids.device)
-
-
-def _max_over_ranks(value: int, accelerator) -> int:
-    if accelerator.num_processes == 1:
-        return value
-    return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).max().item())
