@@ -1,6 +1,10 @@
 """MRT: Meta Reinforcement Fine-Tuning on top of TRL's GRPOTrainer."""
 
+from mrt.quiet import quiet_cpu_start
+
 __version__ = "0.1.0"
+
+quiet_cpu_start()  # before TRL and vLLM are imported through mrt: see mrt/quiet.py
 
 _LAZY = {
     "MRTConfig": "mrt.config",
