@@ -151,3 +151,153 @@ def test_config_errors_name_the_field(field, value, tmp_path):
 
     with pytest.raises(ValueError, match=rf"STaRConfig\.{field} = "):
         STaRConfig(output_dir=str(tmp_path), use_cpu=True, **{field: value})
+
+
+# ---------------------------------------------------------------- the cut trace, on a real tokenizer
+
+
+def test_cut_trace_is_prefix_suffix_and_mus_answer(tokenizer):
+    from mrt.prover import make_suffix, prover_prompt
+    from mrt.star import training_completion
+
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = encode("What is 2 + 3?")
+    trace_ids = encode("2 + 3 = 5.\n\nWait, let me check: 5.") + [tokenizer.eos_token_id]
+    first = len(encode("2 + 3 = 5."))
+    suffix = make_suffix(tokenizer, "boxed", None)
+    scored = {"j_tokens": [0, first, len(trace_ids)], "answers": [encode("4}"), encode("5}")]}
+
+    cut = training_completion(prompt, trace_ids, scored, 1, suffix, tokenizer)
+    joined, text = prover_prompt(prompt, trace_ids[:first], suffix, tokenizer)
+    assert cut == joined[len(prompt):] + encode("5}") + [tokenizer.eos_token_id]
+    assert tokenizer.decode(cut, skip_special_tokens=True) == text + "5}"
+    assert text == "2 + 3 = 5.\n\n" + suffix.text  # the one joining rule: prefix, blank line, suffix
+
+    whole = training_completion(prompt, trace_ids, scored, None, suffix, tokenizer)
+    assert whole == trace_ids  # the trace, with exactly one EOS at the end
+    from_prompt = training_completion(prompt, trace_ids, scored, 0, suffix, tokenizer)
+    assert tokenizer.decode(from_prompt, skip_special_tokens=True) == suffix.text + "4}"
+
+
+# ---------------------------------------------------------------- generation: records on disk, resume
+
+
+def small_config(tmp_path, model, **overrides):
+    from mrt.star import STaRConfig
+
+    settings = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", seed=5,
+                    model_name_or_path=model, num_train_problems=5, num_generations=2, max_completion_length=8,
+                    problems_per_batch=2, generation_backend="transformers", prover_num_samples=2,
+                    prover_max_tokens=3, termination_suffix="boxed", prover_stop=["}"], learning_rate=1e-3,
+                    num_train_epochs=1, per_device_train_batch_size=4, save_strategy="no",
+                    gradient_checkpointing=False, logging_steps=1)
+    return STaRConfig(**{**settings, **overrides})
+
+
+def test_generation_resumes_after_a_kill(tiny_model_path, tmp_path):
+    from mrt.generation import make_generator
+    from mrt.star import generate_traces, load_star_problems
+
+    config = small_config(tmp_path, tiny_model_path)
+    problems = load_star_problems(config)
+    fingerprint = config.fingerprint(tiny_model_path, 1, "traces")
+    generator = make_generator(tiny_model_path, backend="transformers")
+    full = generate_traces(config, generator, problems, tmp_path / "full", fingerprint, seed=7, progress_bar=False)
+    assert sorted(full) == [0, 1, 2, 3, 4] and all(len(r["traces"]) == 2 for r in full.values())
+
+    folder = tmp_path / "killed"
+    part = generate_traces(config, generator, problems, folder, fingerprint, seed=7, progress_bar=False,
+                           stop_after=3)  # stopped in the middle of the second batch (problems 2 and 3)
+    assert sorted(part) == [0, 1, 2]
+    path = folder / "traces-rank0.jsonl"
+    written = path.read_text()
+    path.write_text(written + '{"fingerprint": "' + fingerprint + '", "index": 3, "tra')  # killed mid-line
+    resumed = generate_traces(config, generator, problems, folder, fingerprint, seed=7, progress_bar=False)
+    assert resumed == full  # the same traces as a run that never stopped (batch 2 regenerated with its seed)
+    assert path.read_text().startswith(written) and path.read_text().count("\n") == 5  # the 3 records kept as they were
+
+    other = small_config(tmp_path, tiny_model_path, num_generations=3).fingerprint(tiny_model_path, 1, "traces")
+    with pytest.raises(ValueError, match="other settings"):
+        generate_traces(config, generator, problems, folder, other, seed=7, progress_bar=False)
+
+
+# ---------------------------------------------------------------- one iteration on the tiny model
+
+
+def always_right(prompts, completions, **kwargs):
+    """A reward under which every trace and every answer of mu is right: J = 1 from the prompt on."""
+    return [1.0] * len(completions)
+
+
+def test_one_iteration_cuts_trains_and_saves(tiny_model_path, tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mrt.star import DONE, run
+
+    config = small_config(tmp_path, tiny_model_path, keep_per_problem=1)
+    (summary,) = run(config, reward_funcs=[always_right], progress_bar=False)
+    out = Path(config.output_dir)
+    assert summary["traces_generated"] == 10 and summary["traces_correct"] == 10 and summary["traces_kept"] == 5
+    # J_0 = 1 = max: the best place to stop is right after the prompt, so every kept trace is cut there.
+    assert summary["traces_cut"] == 5
+    selected = [json.loads(line) for line in (out / "iter-1" / "selected.jsonl").read_text().splitlines()]
+    assert len(selected) == 5 and {s["index"] for s in selected} == {0, 1, 2, 3, 4}
+    for s in selected:
+        assert s["cut_after_episode"] == 0 and s["j_values"][0] == 1.0
+        assert s["completion"].startswith("Time is up.") and s["completion"].endswith("<|im_end|>")
+    assert json.loads((out / "iter-1" / "summary.json").read_text())["seconds_train"] > 0
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    trained = AutoModelForCausalLM.from_pretrained(out)  # a normal model folder
+    changed = [not torch.equal(a, b) for a, b in zip(base.parameters(), trained.parameters())]
+    assert any(changed), "SFT did not change the weights"
+
+    # A finished iteration is not run again.
+    stamp = (out / DONE).stat().st_mtime
+    (again,) = run(config, reward_funcs=[always_right], progress_bar=False)
+    assert again["traces_kept"] == 5 and (out / DONE).stat().st_mtime == stamp
+
+
+def test_no_correct_trace_stops_before_training(tiny_model_path, tmp_path):
+    from mrt.star import DONE, run
+
+    config = small_config(tmp_path, tiny_model_path, num_train_problems=2)
+    with pytest.raises(NoCorrectTraces, match=r"2 problems scored \(0 skipped: unparsable gold\), 4 traces generated, "
+                                              r"0 correct"):
+        run(config, progress_bar=False)  # a random model never answers right
+    out = Path(config.output_dir)
+    assert (out / "iter-1" / "summary.json").exists() and not (out / DONE).exists()
+    assert not (out / "model.safetensors").exists()
+
+
+def test_script_trains_and_eval_mrt_loads_the_model(tiny_model_path, tmp_path):
+    """The shipped CPU config, shrunk to the tiny model, through the script; then scripts/eval_mrt.py on its output."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "star"
+    shrink = ["--model_name_or_path", tiny_model_path, "--num_train_problems", "2", "--max_completion_length", "8",
+              "--num_generations", "2", "--prover_num_samples", "2", "--prover_max_tokens", "3",
+              "--generation_backend", "transformers", "--output_dir", str(out)]
+    base = [sys.executable, str(ROOT / "scripts" / "train_mrt_star.py"), "--config",
+            str(ROOT / "configs" / "mrt_star_smollm2_arithmetic.yaml"), *shrink]
+    empty = subprocess.run(base, env=env, capture_output=True, text=True, timeout=600)
+    assert empty.returncode == 2 and "no trace to train on" in empty.stderr  # the random model is never right
+    result = subprocess.run(base + ["--min_reward", "0"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "4 traces generated" in result.stdout and (out / "model.safetensors").exists()
+
+    evaluation = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "eval_mrt.py"), "--models", str(out), "--num_problems", "1",
+         "--num_samples", "2", "--max_tokens", "8", "--prover_num_samples", "2", "--prover_max_tokens", "3",
+         "--backend", "transformers", "--output_dir", str(tmp_path / "eval")],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert evaluation.returncode == 0, evaluation.stderr[-4000:]
+    (model,) = json.loads((tmp_path / "eval" / "results.json").read_text())["models"].values()
+    assert model["model"] == str(out) and model["num_completions"] == 2

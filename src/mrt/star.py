@@ -24,14 +24,15 @@ from pathlib import Path
 
 from trl import SFTConfig
 
+from mrt.checks import check
 from mrt.config import PROVERS, SUFFIX_PRESETS
 from mrt.data import SYSTEM_PROMPT
-from mrt.episodes import DEFAULT_MARKERS, FALLBACKS, EpisodeRules
+from mrt.episodes import DEFAULT_MARKERS, FALLBACKS, EpisodeRules, no_empty_tag
+from mrt.generation import BACKENDS
 from mrt.star_select import SELECTIONS
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "transformers", "vllm")  # mrt.generation's backends
 DONE = "mrt_star_done.json"  # written into a model folder once its iteration has finished
 
 
@@ -124,8 +125,7 @@ class STaRConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.end_of_thinking_tag == "":
-            self.end_of_thinking_tag = None
+        self.end_of_thinking_tag = no_empty_tag(self.end_of_thinking_tag)
         if self.system_prompt == "":
             self.system_prompt = None
         self.episode_markers = list(self.episode_markers or [])
@@ -180,8 +180,7 @@ class STaRConfig(SFTConfig):
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"STaRConfig.{name} = {value!r} is invalid: expected {expected}.")
+    check(ok, "STaRConfig", name, value, expected)
 
 
 # ---------------------------------------------------------------- problems and records
@@ -436,11 +435,7 @@ def make_mu(config: STaRConfig, generator):
                             timeout=config.prover_timeout, max_retries=config.prover_max_retries,
                             requests_per_call=config.prover_batch_size,
                             api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"))
-    from mrt.prover import TransformersProver, VLLMPolicyProver, eos_ids
-
-    if generator.name == "vllm":
-        return VLLMPolicyProver(eos_ids(generator.tokenizer), llm=generator.llm)
-    return TransformersProver.for_model(generator.model, generator.tokenizer, config.prover_batch_size)
+    return generator.prover  # the model being improved, through its own engine (mrt.generation)
 
 
 # ---------------------------------------------------------------- the run
