@@ -167,12 +167,11 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
     assert config.budgets == [0, 32, 64] and config.cutoffs == [16, 64] and config.prover_stop == ["}"]
 
 
-def test_readme_shows_the_command_and_a_small_plot():
+def test_docs_show_the_command_and_a_small_plot():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    section = readme.split("## Evaluating test-time compute")[1].split("\n## ")[0]
-    assert "python scripts/eval_mrt.py --models" in section
-    image = section.split("](")[1].split(")")[0]
-    assert (root / image).is_file() and (root / image).stat().st_size < 150_000
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    page = (docs / "evaluation.md").read_text()
+    assert "python scripts/eval_mrt.py --models" in page
+    image = page.split("![")[1].split("](")[1].split(")")[0]
+    assert (docs / image).is_file() and (docs / image).stat().st_size < 150_000
