@@ -1,5 +1,5 @@
 """Prover throughput of the policy paths on one batch of prover prompts: the trainer's colocated vLLM engine vs the
-transformers PolicyProver (same model, same requests, same sampling settings).
+transformers prover (same model, same requests, same sampling settings).
 
     python scripts/bench_prover.py [--problems 8] [--episodes 3] [--samples 8] [--max_tokens 8] [--repeats 2]
 
@@ -38,12 +38,11 @@ def float32_view(folder: str) -> str:
 
 
 def prover_batch(trainer, problems: int, episodes: int):
-    """Each problem's prompt plus 0..episodes paragraphs of a worked answer, with the termination suffix."""
+    """Each problem's prompt plus 0..episodes paragraphs of a worked answer: the trainer's prover requests."""
     from mrt.data import arithmetic_dataset
-    from mrt.prover import build_batch
 
     tok = trainer._tokenizer
-    prompts, completions, lengths, golds = [], [], [], []
+    prompts, completions, lengths, rows = [], [], [], []
     for row in arithmetic_dataset(problems, seed=1):
         prompts.append(tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
                                                return_dict=False))
@@ -56,9 +55,8 @@ def prover_batch(trainer, problems: int, episodes: int):
             ends.append(len(ids))
         completions.append(ids)
         lengths.append(ends[:-1] if len(ends) > 1 else [0])
-        golds.append(row["answer"])
-    return build_batch(prompts, completions, lengths, golds, trainer.suffix_ids, trainer.suffix_text,
-                       lambda ids: tok.decode(ids, skip_special_tokens=True))
+        rows.append({"answer": row["answer"]})
+    return trainer.progress_estimator.requests(prompts, completions, rows, lengths)[0]
 
 
 def timed(label: str, call, batch, repeats: int, before=None) -> dict:
@@ -99,7 +97,7 @@ def main() -> None:
     from mrt import MRTConfig, MRTTrainer
     from mrt.data import arithmetic_dataset
     from mrt.models import smollm2_folder
-    from mrt.prover import PolicyProver
+    from mrt.prover import TransformersProver
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,7 +123,7 @@ def main() -> None:
                       "prefix_caching": caching, "max_num_seqs": engine.llm_engine.vllm_config.scheduler_config
                       .max_num_seqs, "torch_threads": torch.get_num_threads()}), flush=True)
     ask = dict(num_samples=args.samples, max_tokens=args.max_tokens, temperature=1.0, stop=["}"])
-    vllm_call = lambda: trainer.prover.generate(batch.prompts, **ask)  # noqa: E731
+    vllm_call = lambda: trainer.progress_estimator.prover.generate(batch.prompts, **ask)  # noqa: E731
     vllm_call()  # warm-up: the CPU backend traces the model on its first calls
     rows = [timed(f"vllm colocate (prefix caching {'on' if caching else 'off'}, warm)", vllm_call, batch,
                   args.repeats)]
@@ -135,9 +133,10 @@ def main() -> None:
     if not args.skip_transformers:
         # TRL sets up transformers generation only without vLLM: a second trainer on the same model for this path.
         plain = MRTConfig(output_dir=tempfile.mkdtemp(prefix="bench-prover-"), **common)
-        policy = PolicyProver(MRTTrainer(model=model, args=plain, train_dataset=arithmetic_dataset(4, seed=0)))
+        policy = TransformersProver.from_trainer(MRTTrainer(model=model, args=plain,
+                                                            train_dataset=arithmetic_dataset(4, seed=0)))
         policy.generate(batch.prompts[:1], **ask)  # warm-up
-        rows.append(timed("transformers PolicyProver", lambda: policy.generate(batch.prompts, **ask), batch,
+        rows.append(timed("transformers prover", lambda: policy.generate(batch.prompts, **ask), batch,
                           args.repeats))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

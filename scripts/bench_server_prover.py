@@ -18,10 +18,10 @@ import time
 from transformers import AutoTokenizer
 
 from mrt.data import arithmetic_dataset
-from mrt.episodes import EpisodeRules, prefix_lengths, split_completion
+from mrt.episodes import EpisodeRules
 from mrt.models import smollm2_folder
-from mrt.prover import build_batch, termination_suffix
-from mrt.prover_server import ServerProver
+from mrt.prover import ProgressEstimator, make_suffix
+from mrt.prover.server import ServerProver
 from mrt.vllm_server import VLLMServer
 
 # float32: this CPU has no native bf16 (AVX2 only), where vLLM runs bf16 far slower.
@@ -60,18 +60,11 @@ def real_batch(server: VLLMServer, tok, a):
     groups = writer.generate(prompts, num_samples=a.completions, max_tokens=a.completion_tokens, temperature=0.9,
                              stop=None)
     rules = EpisodeRules(max_episodes=a.max_episodes, chunk_tokens=32)  # MRTConfig's defaults otherwise
-    prompt_rows, completion_rows, golds, lengths = [], [], [], []
-    for prompt, group, gold in zip(prompts, groups, problems["answer"]):
-        for ids in group:
-            ends = split_completion(ids, tok, rules)
-            prompt_rows.append(prompt)
-            completion_rows.append(ids)
-            golds.append(gold)
-            lengths.append(prefix_lengths(ends) if ends else [0])
-    text = termination_suffix(a.suffix, None)
-    suffix_ids = tok(text, add_special_tokens=False)["input_ids"]
-    batch = build_batch(prompt_rows, completion_rows, lengths, golds, suffix_ids, text,
-                        lambda ids: tok.decode(ids, skip_special_tokens=True))
+    estimator = ProgressEstimator(writer, tok, rules, make_suffix(tok, a.suffix, None), None)
+    prompt_rows = [prompt for prompt, group in zip(prompts, groups) for _ in group]
+    completion_rows = [ids for group in groups for ids in group]
+    rows = [{"answer": gold} for gold, group in zip(problems["answer"], groups) for _ in group]
+    batch = estimator.requests(prompt_rows, completion_rows, rows)[0]
     return batch, completion_rows
 
 

@@ -76,6 +76,8 @@ def run(argv: list[str], overrides: list[str]) -> dict:
         "prover_requests": mean("mrt/prover_requests"),
         "prover_requests_asked": mean("mrt/prover_requests_asked"),
         "prover_tokens": mean("mrt/prover_tokens"),
+        "prefill_tokens": mean("mrt/prover_prefill_tokens"),
+        "prefill_min": mean("mrt/prover_prefill_min"),
         "policy_tokens": (mean("completions/mean_length") or 0.0) * batch,
         "peak_rss_gb": peak_rss_gb(),
     }
@@ -101,6 +103,10 @@ def table(length: int, runs: dict[str, dict]) -> list[str]:
         ("prover requests (asked -> after de-dup)",
          lambda r: "-" if r["prover_requests"] is None else
          f"{show(r['prover_requests_asked'], 1)} -> {show(r['prover_requests'], 1)}"),
+        ("prover prefill tokens / minimum",
+         lambda r: "-" if r["prefill_tokens"] is None else
+         f"{show(r['prefill_tokens'], 0)} / {show(r['prefill_min'], 0)} = "
+         f"{show(r['prefill_tokens'] / max(r['prefill_min'], 1), 3)}"),
         ("prover tokens / policy tokens",
          lambda r: f"{show(r['prover_tokens'], 0)} / {show(r['policy_tokens'], 0)}"),
         ("peak RSS during the run (GB)", lambda r: show(r["peak_rss_gb"])),

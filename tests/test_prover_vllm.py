@@ -24,8 +24,9 @@ import torch  # noqa: E402
 
 from mrt import MRTConfig, MRTTrainer  # noqa: E402
 from mrt.data import arithmetic_dataset, format_prompt  # noqa: E402
-from mrt.prover import PolicyProver, build_batch, success_rates  # noqa: E402
-from mrt.prover_vllm import VLLMPolicyProver  # noqa: E402
+from mrt.prover import (RewardScorer, TransformersProver, VLLMPolicyProver, build_requests,  # noqa: E402
+                        sample_success)
+from mrt.rewards import make_accuracy_reward  # noqa: E402
 from mrt.vllm_server import VLLMServer, free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -81,26 +82,39 @@ def monkeypatch_module():
 
 
 def boxed_batch(trainer):
-    """A handful of prover requests whose success rates are not all 0 or 1: prefixes with and without the work."""
+    """A handful of prover requests whose success rates are not all 0 or 1: prefixes with and without the work;
+    also their prompts and rows."""
     tok = trainer._tokenizer
     problems = [("What is 7 + 5?", "12", "7 + 5 = 12."), ("What is 9 + 8?", "17", "9 + 8 = 17.")]
-    prompts, completions, lengths, golds = [], [], [], []
+    prompts, completions, lengths, rows = [], [], [], []
     for problem, gold, work in problems:
         prompts.append(tok.apply_chat_template(format_prompt(problem), add_generation_prompt=True, tokenize=True,
                                                return_dict=False))
         work_ids = tok(work, add_special_tokens=False)["input_ids"]
         completions.append(work_ids)
         lengths.append([0, len(work_ids)])
-        golds.append(gold)
-    return build_batch(prompts, completions, lengths, golds, trainer.suffix_ids, trainer.suffix_text,
-                       lambda ids: tok.decode(ids, skip_special_tokens=True))
+        rows.append({"answer": gold})
+    requests = build_requests(prompts, completions, lengths, trainer.progress_estimator.suffix, tok)
+    return requests, prompts, rows
+
+
+def success_rates(trainer, batch, samples):
+    requests, prompts, rows = batch
+    rates, _ = sample_success(requests, samples, trainer._tokenizer.decode, trainer.progress_estimator.suffix.text,
+                              RewardScorer(make_accuracy_reward("answer")), [""] * len(prompts), prompts, rows, False)
+    return rates
+
+
+def prover_of(trainer):
+    return trainer.progress_estimator.prover
 
 
 @pytest.fixture(scope="module")
 def reference(float32_model, tmp_path_factory):
-    """The transformers PolicyProver on the same model (TRL sets up transformers generation only without vLLM)."""
+    """The transformers prover on the same model (TRL sets up transformers generation only without vLLM)."""
     args = MRTConfig(output_dir=str(tmp_path_factory.mktemp("ref")), **{**COMMON, "use_vllm": False})
-    return PolicyProver(MRTTrainer(model=float32_model, args=args, train_dataset=arithmetic_dataset(8, seed=0)))
+    trainer = MRTTrainer(model=float32_model, args=args, train_dataset=arithmetic_dataset(8, seed=0))
+    return TransformersProver.from_trainer(trainer)
 
 
 # These two run before the training test: the colocated engine still holds the weights it loaded, which are the
@@ -108,11 +122,11 @@ def reference(float32_model, tmp_path_factory):
 def test_vllm_success_rates_match_the_transformers_prover(colocate, reference):
     trainer, n = colocate, 16
     batch = boxed_batch(trainer)
-    decode = lambda samples: [trainer._tokenizer.batch_decode(s, skip_special_tokens=True) for s in samples]  # noqa
+    requests = batch[0]
     ask = dict(num_samples=n, max_tokens=4, temperature=1.0, stop=["}"])
-    by_vllm = success_rates(batch, decode(trainer.prover.generate(batch.prompts, **ask)))
+    by_vllm = success_rates(trainer, batch, prover_of(trainer).generate(requests.prompts, **ask))
     torch.manual_seed(0)
-    by_transformers = success_rates(batch, decode(reference.generate(batch.prompts, **ask)))
+    by_transformers = success_rates(trainer, batch, reference.generate(requests.prompts, **ask))
     assert 0 < sum(by_vllm) < len(by_vllm), f"success rates all 0 or all 1, nothing to compare: {by_vllm}"
     # Two independent means of m Bernoulli draws differ with standard error sqrt(2 p (1-p) / m): per request
     # (m = n) and pooled over the requests (m = n * requests).
@@ -127,22 +141,22 @@ def test_vllm_success_rates_match_the_transformers_prover(colocate, reference):
 def test_vllm_likelihood_matches_the_transformers_prover(colocate, reference):
     trainer = colocate
     tok = trainer._tokenizer
-    batch = boxed_batch(trainer)
-    answers = [tok(f"{g}}}$", add_special_tokens=False)["input_ids"] for g in batch.golds]
-    by_vllm = trainer.prover.likelihood(batch.prompts, answers)
-    by_transformers = reference.likelihood(batch.prompts, answers)
+    requests, _, rows = boxed_batch(trainer)
+    answers = [tok(f"{rows[o]['answer']}}}$", add_special_tokens=False)["input_ids"] for o in requests.owner]
+    by_vllm = prover_of(trainer).likelihood(requests.prompts, answers)
+    by_transformers = reference.likelihood(requests.prompts, answers)
     # Both float32, yet vLLM's CPU kernels sum differently: up to 0.09 nats apart over these 2-4 tokens here. An
     # answer token read at the wrong position would be several nats off.
     assert by_vllm == pytest.approx(by_transformers, abs=0.15)
     with pytest.raises(ValueError, match="at least one token"):
-        trainer.prover.likelihood(batch.prompts[:1], [[]])
+        prover_of(trainer).likelihood(requests.prompts[:1], [[]])
 
 
 def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
     trainer = colocate
-    assert isinstance(trainer.prover, VLLMPolicyProver)
+    assert isinstance(prover_of(trainer), VLLMPolicyProver)
     assert len(trainer.built_llms) == 1, "a second vllm.LLM was built"
-    assert trainer.prover.vllm.llm is trainer.vllm_generation.llm is trainer.built_llms[0]
+    assert prover_of(trainer).llm is trainer.vllm_generation.llm is trainer.built_llms[0]
 
     llm, calls = trainer.vllm_generation.llm, []
     generate = llm.generate
@@ -210,7 +224,7 @@ def test_server_mode_trains_with_mu_from_the_trainers_client(server, float32_mod
     args = MRTConfig(output_dir=str(tmp_path / "out"), vllm_mode="server", vllm_server_base_url=server,
                      max_steps=1, **COMMON)
     trainer = MRTTrainer(model=float32_model, args=args, train_dataset=arithmetic_dataset(8, seed=0))
-    assert isinstance(trainer.prover, VLLMPolicyProver)
+    assert isinstance(prover_of(trainer), VLLMPolicyProver)
     client, calls = trainer.vllm_generation.vllm_client, []
     generate = client.generate
 

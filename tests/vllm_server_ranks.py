@@ -4,19 +4,18 @@ Usage: python -m torch.distributed.run --nproc_per_node 2 tests/vllm_server_rank
 
 Every rank asks a different number of requests; the prover gathers them to the main process, which makes ONE call
 to the real vLLM server through TRL's VLLMClient, and broadcasts the results back. Each rank writes its share to
-OUT_DIR/rank<r>.json. Only the trainer attributes the prover reads are stood in for (building two full trainers would
-not test the sharing any better); the process group, the client and the server are real.
+OUT_DIR/rank<r>.json. The prover is built from its parts as the trainer builds it; the process group, the client and
+the server are real.
 """
 
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from accelerate import Accelerator
 from trl.generation.vllm_client import VLLMClient
 
-from mrt.prover_vllm import VLLMPolicyProver
+from mrt.prover import VLLMPolicyProver
 
 REQUESTS = {0: [[1, 504, 3260, 28], [1, 1812, 314, 2986, 314, 17, 1780]],
             1: [[1, 9690, 253, 1345, 30], [1, 504, 3260], [1, 2986, 314, 17, 1780, 314, 24, 1780]]}
@@ -36,13 +35,8 @@ def main(base_url: str, out: Path) -> None:
             return generate(*args, **kwargs)
 
         client.generate = counting
-    trainer = SimpleNamespace(
-        vllm_generation=SimpleNamespace(vllm_client=client, tensor_parallel_size=1),
-        args=SimpleNamespace(vllm_mode="server", generation_kwargs=None),
-        accelerator=accelerator, eos_token_ids=[2], _tokenizer=SimpleNamespace(pad_token_id=2),
-        repetition_penalty=1.0, top_p=1.0, top_k=0, min_p=0.0,
-    )
-    prover = VLLMPolicyProver(trainer)
+    prover = VLLMPolicyProver({2}, "server", client=client, accelerator=accelerator,
+                              sampling={"repetition_penalty": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0})
     mine = REQUESTS[rank]
     greedy = prover.generate(mine, num_samples=1, max_tokens=5, temperature=0.0, stop=None)  # vLLM: greedy needs n=1
     sampled = prover.generate(mine, num_samples=3, max_tokens=5, temperature=1.0, stop=None)

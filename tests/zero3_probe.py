@@ -51,7 +51,7 @@ class Probe(TrainerCallback):
     def _wrap(self):
         t, record = self.trainer, self.record
         generate_batch = t._generate_and_score_completions
-        prover_generate = t.prover.generate
+        prover_generate = t.progress_estimator.prover.generate
         model_generate = t.model.generate
 
         def probed_batch(inputs):
@@ -81,7 +81,7 @@ class Probe(TrainerCallback):
             return model_generate(*args, **kwargs)
 
         t._generate_and_score_completions = probed_batch
-        t.prover.generate = probed_prover
+        t.progress_estimator.prover.generate = probed_prover
         t.model.generate = counted_generate
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -108,9 +108,9 @@ def main():
     trainer = build_trainer(script_args, training_args, model_args)
     rank = trainer.accelerator.process_index
     if os.environ.get("MRT_PROBE_UNEQUAL") == "1":
-        rules = trainer.episode_rules
-        trainer.episode_rules = (replace(rules, fallback="chunks", chunk_tokens=1) if rank == 0
-                                 else replace(rules, fallback="none"))
+        estimator = trainer.progress_estimator
+        estimator.rules = (replace(estimator.rules, fallback="chunks", chunk_tokens=1) if rank == 0
+                           else replace(estimator.rules, fallback="none"))
     stop_after = os.environ.get("MRT_PROBE_STOP_AFTER")
     out_dir = Path(os.environ.get("MRT_PROBE_DIR") or Path(training_args.output_dir) / "probe")
     trainer.add_callback(Probe(trainer, out_dir, int(stop_after) if stop_after else None))

@@ -382,3 +382,18 @@ def plan_stats(plan: Sequence[Branch], num_generations: int) -> dict[str, tuple[
         "truncated_prefixes": (sum(b.cut.truncated for b in groups), 1),
         "no_prefix_source": (sum(not b.has_source for b in groups), 1),
     }
+
+
+def cut_at_stop(ids: Sequence[int], tokenizer, stop: Sequence[str] | None) -> list[int]:
+    """The ids up to and including the token that completes the first stop string (all of them when none does)."""
+    ids = [int(t) for t in ids]
+    if not stop:
+        return ids
+    text = ""
+    for k, piece in enumerate(token_pieces(tokenizer, ids)):
+        text += piece
+        # Only the tail can hold a stop string that this token completed.
+        tail = text[-(len(piece) + max(len(s) for s in stop)):]
+        if any(s in tail for s in stop):
+            return ids[:k + 1]
+    return ids

@@ -252,6 +252,8 @@ class MRTConfig(GRPOConfig):
             _check(self.num_generations is not None and self.num_generations >= 2 and self.num_generations % 2 == 0,
                    "num_generations", self.num_generations, "an even number >= 2 with progress_mode='branched' "
                    "(half of each group continues the prefix, half terminates)")
+            _check(self.estimate_progress is None, "estimate_progress", self.estimate_progress,
+                   "None with progress_mode='branched' (it runs no separate prover)")
             local = self.per_device_train_batch_size * (self.steps_per_generation or 1)
             _check(local % self.num_generations == 0, "per_device_train_batch_size",
                    self.per_device_train_batch_size, f"a value for which per_device_train_batch_size x "
@@ -280,6 +282,8 @@ class MRTConfig(GRPOConfig):
 
     @property
     def runs_prover(self) -> bool:
+        if self.progress_mode == "branched":
+            return False  # the terminating half of each group is mu's answer: no separate prover
         if self.estimate_progress is not None:
             return self.estimate_progress
         return self.alpha > 0 or self.progress_mode != "dense"

@@ -103,7 +103,7 @@ class VLLMGenerator:
 
         self.llm = LLM(model=model, **options)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.prover = VLLMPolicyProver(eos_ids(self.tokenizer, _declared_eos(model)), llm=self.llm)
+        self.prover = VLLMPolicyProver(eos_ids(self.tokenizer, _declared_eos(model)), "colocate", llm=self.llm)
 
     def generate(self, prompts, n, max_tokens, temperature, stop=None, seed=0):
         from vllm import SamplingParams

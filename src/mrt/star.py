@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -441,6 +442,24 @@ def make_mu(config: STaRConfig, generator):
 # ---------------------------------------------------------------- the run
 
 
+@contextmanager
+def _full_copy():
+    """Load the generator's own whole model: under `accelerate launch` with ZeRO-3, transformers would shard a model
+    loaded while the trainer's DeepSpeed config is registered, and every rank generates on its own problems."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref  # set by TrainingArguments under a DeepSpeed config
+    registered = ref() if ref is not None else None
+    if registered is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(registered)
+
+
 def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Problems, scorer,
                   progress_bar: bool = True) -> tuple[list[dict], dict]:
     """Generate, score and select one iteration from `model`; writes selected.jsonl and summary.json into
@@ -454,8 +473,9 @@ def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Prob
     folder.mkdir(parents=True, exist_ok=True)
     seed = config.seed * 1_000_003 + iteration * 100_003
     start = time.perf_counter()
-    generator = make_generator(model, backend=config.generation_backend, dtype=config.dtype,
-                               batch_size=config.generation_batch_size, seed=config.seed)
+    with _full_copy():
+        generator = make_generator(model, backend=config.generation_backend, dtype=config.dtype,
+                                   batch_size=config.generation_batch_size, seed=config.seed)
     try:
         tokenizer = generator.tokenizer
         tag = resolve_thinking_tag(config.end_of_thinking_tag, tokenizer)

@@ -8,6 +8,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from mrt.branched_trainer import BranchedRollouts
 from mrt.config import MRTConfig
 from mrt.data import require_columns
 from mrt.episodes import resolve_thinking_tag
@@ -18,7 +19,8 @@ from mrt.rewards import make_accuracy_reward
 logger = logging.getLogger(__name__)
 
 # Metrics summed over ranks; every other mrt/ metric is a mean over completions (or episodes).
-_TOTALS = ("prover_requests", "prover_requests_asked", "prover_tokens", "prover_prompt_tokens", "unscorable")
+_TOTALS = ("prover_requests", "prover_requests_asked", "prover_tokens", "prover_prompt_tokens", "prover_prefill_min",
+           "prover_prefill_tokens", "unscorable")
 LONG_ANSWER_CHARS = 64  # likelihood estimator: a gold answer longer than this is likely a whole solution
 
 
@@ -34,7 +36,7 @@ class ProgressRecord:
     advantages: torch.Tensor | None  # (B, T) what the loss sees
 
 
-class MRTTrainer(GRPOTrainer):
+class MRTTrainer(BranchedRollouts, GRPOTrainer):
     """[`~trl.GRPOTrainer`] with MRT's progress bonus; takes the same arguments, with an [`MRTConfig`].
 
     `reward_funcs` defaults to the math-verify accuracy reward on `args.answer_column`; whatever they are, they
@@ -73,6 +75,7 @@ class MRTTrainer(GRPOTrainer):
         if args.prover_estimator == "likelihood":
             _warn_long_answers(self.train_dataset, args.answer_column)
         self.add_callback(_ProverShare(self))
+        self._init_branched()  # progress_mode='branched': mrt.branched_trainer
 
     def _build_estimator(self) -> ProgressEstimator:
         args, tok = self.args, self._tokenizer
@@ -142,15 +145,17 @@ class MRTTrainer(GRPOTrainer):
         index = self.accelerator.process_index
         return self.batch_rewards[index * batch_size:(index + 1) * batch_size].float().cpu()
 
-    def estimate_progress(self, output: dict, inputs: list[dict], outcomes: list[float | None]):
+    def estimate_progress(self, output: dict, inputs: list[dict], outcomes: list[float | None],
+                          estimator: ProgressEstimator | None = None):
         """J at every episode prefix of a scored generation batch, for the completions that train (a completion
-        masked by `mask_truncated_completions` is not sent to the prover); returns the estimate and their indices."""
+        masked by `mask_truncated_completions` is not sent to the prover); returns the estimate and their indices.
+        `estimator`: another one than the trainer's (e.g. to compare estimators on the same batch)."""
         prompts = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"], output["prompt_mask"])]
         completions = [ids[m.bool()].tolist() for ids, m in zip(output["completion_ids"], output["completion_mask"])]
         active = [i for i, c in enumerate(completions) if c or not self.args.mask_truncated_completions]
         pick = lambda values: [values[i] for i in active]  # noqa: E731
         state = {"trainer_state": self.state}
-        estimate = self.progress_estimator.estimate(
+        estimate = (estimator or self.progress_estimator).estimate(
             pick(prompts), pick(completions), pick([x["prompt"] for x in inputs]), pick(inputs),
             outcomes=pick(outcomes), reward_kwargs=state)
         return estimate, active

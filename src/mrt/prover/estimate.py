@@ -25,6 +25,7 @@ class ProgressEstimate:
     samples: list[list[list[int]]] = field(default_factory=list)  # mu's token ids per request (sampling)
     sample_scores: list[list[float | None]] = field(default_factory=list)  # per request, per sample
     rates: list[float | None] = field(default_factory=list)  # J per request
+    prefill_tokens: int | None = None  # tokens the prover's prefill read (backends that count them)
 
     @property
     def scorable(self) -> list[bool]:
@@ -36,6 +37,8 @@ class ProgressEstimate:
             "prover_requests_asked": self.requests.asked,
             "prover_tokens": sum(len(s) for group in self.samples for s in group),
             "prover_prompt_tokens": sum(len(p) for p in self.requests.prompts),
+            "prover_prefill_min": distinct_prefixes([p[:-1] for p in self.requests.prompts]),
+            **({"prover_prefill_tokens": self.prefill_tokens} if self.prefill_tokens is not None else {}),
         }
 
 
@@ -48,8 +51,6 @@ class ProgressEstimator:
                  estimator: str = "sampling", answer_format: str = "{answer}", answer_column: str = "answer"):
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if estimator == "sampling" and scorer is None:
-            raise ValueError("the sampling estimator needs a RewardScorer")
         self.prover, self.tokenizer, self.rules, self.suffix, self.scorer = prover, tokenizer, rules, suffix, scorer
         self.num_samples, self.max_tokens, self.temperature, self.stop = num_samples, max_tokens, temperature, stop
         self.estimator, self.answer_format, self.answer_column = estimator, answer_format, answer_column
@@ -59,6 +60,17 @@ class ProgressEstimator:
         ends = [split_completion(c, self.tokenizer, self.rules) for c in completion_ids]
         return ends, [prefix_lengths(e) if e else [0] for e in ends]
 
+    def requests(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], rows: list[dict] | None = None,
+                 lengths: list[list[int]] | None = None) -> tuple[ProverRequests, list[list[int]], list[list[int]]]:
+        """The prover requests of the completions' episode prefixes (or of the given prefix `lengths`), with each
+        completion's episode ends and prefix lengths. Rows with the same columns share requests."""
+        if lengths is None:
+            ends, lengths = self.split(completion_ids)
+        else:
+            ends = [[] for _ in completion_ids]
+        keys = [_row_key(row) for row in rows] if rows is not None else None
+        return build_requests(prompt_ids, completion_ids, lengths, self.suffix, self.tokenizer, keys), ends, lengths
+
     def estimate(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], prompts: list, rows: list[dict],
                  outcomes: list[float | None] | None = None, lengths: list[list[int]] | None = None,
                  seed: int | None = None, reward_kwargs: dict | None = None) -> ProgressEstimate:
@@ -67,18 +79,16 @@ class ProgressEstimator:
         `prompts` and `rows` are what the reward functions get: the prompts in the dataset's format and each
         completion's row (its columns). `outcomes`, the completions' own rewards, are appended as J_H.
         """
-        if lengths is None:
-            ends, lengths = self.split(completion_ids)
-        else:
-            ends = [[] for _ in completion_ids]
-        keys = [_row_key(row) for row in rows]
-        requests = build_requests(prompt_ids, completion_ids, lengths, self.suffix, self.tokenizer, keys)
+        requests, ends, lengths = self.requests(prompt_ids, completion_ids, rows, lengths)
         estimate = ProgressEstimate(ends, lengths, [], requests)
         if self.estimator == "likelihood":
             estimate.rates = self._likelihood(requests, rows)
         else:
+            before = getattr(self.prover, "prefill_tokens", None)
             estimate.samples = self.prover.generate(requests.prompts, self.num_samples, self.max_tokens,
                                                     self.temperature, self.stop, seed)
+            if before is not None:
+                estimate.prefill_tokens = self.prover.prefill_tokens - before
             conversational = bool(prompts) and isinstance(prompts[0], list)
             decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
             estimate.rates, estimate.sample_scores = sample_success(
@@ -124,6 +134,20 @@ def answer_in_context(tokenizer, suffix: Suffix, answer: str) -> tuple[list[int]
     if same == len(together):  # the answer added no token of its own
         same = len(together) - 1
     return list(together[:same]), list(together[same:])
+
+
+def distinct_prefixes(sequences: list[list[int]]) -> int:
+    """Nodes of the trie of `sequences`: the fewest tokens a reader that shares common leading tokens must read."""
+    total, previous = 0, []
+    for seq in sorted(sequences):
+        common = 0
+        for a, b in zip(seq, previous):
+            if a != b:
+                break
+            common += 1
+        total += len(seq) - common
+        previous = seq
+    return total
 
 
 def _row_key(row: dict) -> str:

@@ -18,17 +18,20 @@ class VLLMPolicyProver:
     """mu through a vLLM engine: a `vllm.LLM` (colocated with training, or one of its own) or TRL's `VLLMClient` of a
     `trl vllm-serve` server. One call for all requests of a generation batch.
 
-    With `llm`: every rank asks its own engine (ranks of one tensor-parallel group, `tp_group` of `tp_size`, pool their
-    requests as TRL does and keep their share). With `client`: the main process sends every rank's requests in one
+    `mode="colocate"`, with `llm`: every rank asks its own engine (ranks of one tensor-parallel group, `tp_group` of `tp_size`, pool their
+    requests as TRL does and keep their share). `mode="server"`, with `client` (on the main process): the main process sends every rank's requests in one
     call and broadcasts the results back. `sampling` holds the policy's own sampling settings (mu = pi); `engine_awake`
     is a context manager around every engine call (TRL's sleep-mode bookkeeping when the engine is the trainer's).
     """
 
-    def __init__(self, eos: set[int], llm=None, client=None, sampling: dict | None = None, accelerator=None,
-                 tp_group=None, tp_size: int = 1, engine_awake=nullcontext):
-        if (llm is None) == (client is None):
-            raise ValueError("VLLMPolicyProver needs exactly one of llm (a vllm.LLM) or client (TRL's VLLMClient).")
-        self.eos, self.llm, self.client, self.sampling = set(eos), llm, client, dict(sampling or {})
+    def __init__(self, eos: set[int], mode: str = "colocate", llm=None, client=None, sampling: dict | None = None,
+                 accelerator=None, tp_group=None, tp_size: int = 1, engine_awake=nullcontext):
+        if mode not in ("colocate", "server"):
+            raise ValueError(f"mode must be 'colocate' (a vllm.LLM) or 'server' (TRL's VLLMClient), got {mode!r}")
+        if mode == "colocate" and llm is None:
+            raise ValueError("VLLMPolicyProver in mode 'colocate' needs llm, a vllm.LLM.")
+        # In server mode only the main process holds the client; the other ranks send it their requests.
+        self.eos, self.mode, self.llm, self.client, self.sampling = set(eos), mode, llm, client, dict(sampling or {})
         self.accelerator, self.tp_group, self.tp_size, self.engine_awake = accelerator, tp_group, tp_size, engine_awake
 
     @classmethod
@@ -40,7 +43,7 @@ class VLLMPolicyProver:
                     "min_p": trainer.min_p or 0.0, **(args.generation_kwargs or {})}
         eos = {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id}
         if args.vllm_mode == "server":
-            return cls(eos, client=engine.vllm_client, sampling=sampling, accelerator=trainer.accelerator)
+            return cls(eos, "server", client=engine.vllm_client, sampling=sampling, accelerator=trainer.accelerator)
 
         @contextmanager
         def engine_awake():
@@ -57,7 +60,7 @@ class VLLMPolicyProver:
                     engine.llm.sleep(level=2)
                     engine._llm_weights_sleeping = True
 
-        return cls(eos, llm=engine.llm, sampling=sampling, accelerator=trainer.accelerator,
+        return cls(eos, "colocate", llm=engine.llm, sampling=sampling, accelerator=trainer.accelerator,
                    tp_group=getattr(engine, "tp_group", None), tp_size=engine.tensor_parallel_size,
                    engine_awake=engine_awake)
 
@@ -66,7 +69,7 @@ class VLLMPolicyProver:
         params = {**self.sampling, "n": num_samples, "max_tokens": max_tokens, "temperature": temperature}
         if stop:
             params |= {"stop": list(stop), "include_stop_str_in_output": True}
-        if self.client is not None:
+        if self.mode == "server":
             def run(requests):
                 extra = {k: v for k, v in params.items() if k not in _CLIENT_ARGS}
                 ids = self.client.generate(prompts=requests, logprobs=None, generation_kwargs=extra,
@@ -84,7 +87,7 @@ class VLLMPolicyProver:
     def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
         check_answers(answers)
         pairs = [(list(p), list(a)) for p, a in zip(prompts, answers, strict=True)]
-        if self.client is not None:
+        if self.mode == "server":
             def run(requests):
                 out = self.client.get_sequence_logprobs([p + a for p, a in requests], [len(p) for p, _ in requests],
                                                         top_logprobs=0)
@@ -103,7 +106,7 @@ class VLLMPolicyProver:
     def _share(self, items: list, run) -> list:
         """`run(all_items)` once for the items of every rank that shares the engine; this rank's results back."""
         accelerator = self.accelerator
-        if self.client is not None:
+        if self.mode == "server":
             several = accelerator is not None and accelerator.num_processes > 1
             everyone = gather_object(items) if several else list(items)
             sizes = gather_object([len(items)]) if several else [len(items)]
