@@ -409,3 +409,127 @@ def test_plan_from_the_dataset_column(tokenizer):
         plan_branches(_rows(1, 2, prefixes=7), tokenizer, rules, 2, seed=0, step=0, source="dataset")
     budgeted = plan_branches(rows, tokenizer, rules, 2, seed=0, step=3, source="dataset", budgets=[0] * 4)
     assert all(b.cut.empty for b in budgeted)
+
+
+# ---------------------------------------------------------------- training
+
+
+def parity_reward(completions, **kwargs):
+    """A reward that varies on a random model: the parity of the answer's length in characters."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [float(len(t) % 2) for t in texts]
+
+
+class Recording:
+    """Keeps every generation batch's inputs and output (a subclass hook, not a mock: training runs as usual)."""
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        self.batches.append((inputs, {k: v.clone() if torch.is_tensor(v) else v for k, v in output.items()},
+                             [b for b in (self._last_plan or [])]))
+        return output
+
+    def _tokenize_prompts(self, prompts):
+        self._last_plan = self._branch_plan
+        return super()._tokenize_prompts(prompts)
+
+
+def branched_trainer(model_path, dataset, tmp_path, **overrides):
+    from mrt import MRTTrainer
+
+    class RecordingTrainer(Recording, MRTTrainer):
+        batches: list
+        _last_plan = None
+
+    settings = dict(output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, report_to="none",
+                    progress_mode="branched", num_generations=4, per_device_train_batch_size=4,
+                    max_completion_length=16, max_steps=4, logging_steps=1, save_strategy="no",
+                    gradient_checkpointing=False, termination_suffix="boxed", prover_max_tokens=5,
+                    prover_stop=["}"], learning_rate=1e-2, temperature=1.0, seed=3, beta=0.0,
+                    episode_fallback="chunks", episode_chunk_tokens=4)  # random text: episodes of 4 tokens
+    settings.update(overrides)
+    trainer = RecordingTrainer(model=model_path, reward_funcs=parity_reward, args=MRTConfig(**settings),
+                               train_dataset=dataset)
+    trainer.batches = []
+    return trainer
+
+
+def check_batches(trainer, conversational: bool):
+    tok, suffix = trainer._tokenizer, trainer.branch_suffix
+    from mrt.prover import prover_prompt
+
+    branched_rows = 0
+    for inputs, output, plan in trainer.batches:
+        assert len(plan) == len(inputs)
+        for x, ids, mask, comp_mask, branch in zip(inputs, output["prompt_ids"], output["prompt_mask"],
+                                                   output["completion_mask"], plan):
+            prompt = ids[mask.bool()].tolist()
+            if conversational:
+                text = tok.apply_chat_template(x["prompt"], tokenize=False, add_generation_prompt=True)
+                base = tok(text, add_special_tokens=False)["input_ids"]
+            else:
+                base = tok(x["prompt"])["input_ids"]
+            # The prefix (and, for the terminating half, joiner + suffix) is prompt: no loss on it.
+            expected = prover_prompt(base, branch.cut.ids, suffix, tok)[0] if branch.terminating \
+                else [*base, *branch.cut.ids]
+            assert prompt == expected
+            generated = int(comp_mask.sum())
+            assert generated <= (5 if branch.terminating else 16)
+            branched_rows += bool(branch.cut.ids)
+        assert output["advantages"].dim() == 1
+    return branched_rows
+
+
+def test_branched_training_from_rollouts_conversational(tiny_model_path, tmp_path):
+    from mrt.data import load_problems
+
+    trainer = branched_trainer(tiny_model_path, load_problems("arithmetic", num_problems=2, seed=0), tmp_path)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    # 2 problems, one per step: from the third step on every problem has a stored trace to cut.
+    assert len(trainer.prefix_store) == 2
+    assert check_batches(trainer, conversational=True) > 0
+    logged = {k for h in trainer.state.log_history for k in h}
+    for name in ("j_hat", "branch_progress", "cut_episode", "prefix_tokens", "frac_empty_prefix",
+                 "frac_truncated_prefix", "frac_no_prefix_source", "reward_continuing", "reward_terminating"):
+        assert f"mrt/{name}" in logged
+    # The advantage the loss saw is the branched one of the last batch.
+    last = trainer.batches[-1][1]["advantages"]
+    assert torch.allclose(last, trainer.last_branched.advantages)
+
+
+def test_branched_training_from_a_dataset_with_plain_prompts(tiny_model_path, tmp_path, tokenizer):
+    rows = [{"prompt": "Question: what is 2 + 2? Answer:", "answer": "4", "prefixes": [TRACE, "Two and two."]},
+            {"prompt": "Question: what is 3 + 1? Answer:", "answer": "4", "prefixes": []}]
+    trainer = branched_trainer(tiny_model_path, Dataset.from_list(rows), tmp_path, max_steps=3, prefix_source="dataset")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert len(trainer.prefix_store) == 0  # the dataset is the source
+    check_batches(trainer, conversational=False)
+    no_source = [h["mrt/frac_no_prefix_source"] for h in trainer.state.log_history if "mrt/frac_no_prefix_source" in h]
+    assert no_source and all(v in (0.0, 1.0) for v in no_source) and 1.0 in no_source
+
+
+def test_a_missing_prefix_column_stops_the_trainer_at_start(tiny_model_path, tmp_path):
+    rows = [{"prompt": "Question: what is 2 + 2? Answer:", "answer": "4"}]
+    with pytest.raises(ValueError, match="column 'prefixes'"):
+        branched_trainer(tiny_model_path, Dataset.from_list(rows), tmp_path, prefix_source="dataset")
+
+
+def test_resume_keeps_the_prefix_store(tiny_model_path, tmp_path):
+    from mrt.data import load_problems
+
+    data = load_problems("arithmetic", num_problems=2, seed=0)
+    trainer = branched_trainer(tiny_model_path, data, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    saved = tmp_path / "run" / "checkpoint-2" / "mrt_prefixes_rank0.json"
+    assert saved.exists() and len(trainer.prefix_store) == 2
+    resumed = branched_trainer(tiny_model_path, data, tmp_path, max_steps=3, save_strategy="no")
+    assert len(resumed.prefix_store) == 0
+    resumed.train(resume_from_checkpoint=str(saved.parent))
+    # The one new step (the third) cut its prefixes from the traces the first run stored.
+    assert resumed.state.global_step == 3 and len(resumed.batches) == 1
+    assert all(b.has_source for b in resumed.batches[0][2])
+    assert set(trainer.prefix_store.prefixes) == set(resumed.prefix_store.prefixes)
