@@ -533,3 +533,83 @@ def test_resume_keeps_the_prefix_store(tiny_model_path, tmp_path):
     assert resumed.state.global_step == 3 and len(resumed.batches) == 1
     assert all(b.has_source for b in resumed.batches[0][2])
     assert set(trainer.prefix_store.prefixes) == set(resumed.prefix_store.prefixes)
+
+
+# ---------------------------------------------------------------- 2 ZeRO-3 ranks
+
+
+def launch_two_ranks(tmp, model_path, name, *args):
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    pytest.importorskip("deepspeed")
+    root = Path(__file__).resolve().parents[1]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.exists():
+        pytest.skip("accelerate CLI not installed beside this python")
+    data = tmp / "problems.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"Item {i}: what is 3 + 4?", "answer": "7"}) + "\n"
+                            for i in range(2)))
+    config = yaml.safe_load((root / "configs" / "mrt_branched_smollm2_arithmetic.yaml").read_text())
+    config.update(model_name_or_path=model_path, dataset_name=str(data), num_train_problems=None,
+                  output_dir=str(tmp / name), max_steps=3, save_strategy="steps", save_steps=2, seed=5,
+                  learning_rate=1e-3, per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+                  prover_max_tokens=3, episode_fallback="chunks", episode_chunk_tokens=2, temperature=1.0,
+                  ds3_gather_for_generation=False)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp / name / "probe"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MRT_PROBE_DIR": str(out),
+           "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    command = [str(accelerate), "launch", "--config_file", str(root / "configs" / "accelerate" / "zero3_cpu_2proc.yaml"),
+               "--main_process_port", str(port), str(root / "tests" / "zero3_branched_probe.py"),
+               "--config", str(path), *args]
+    log = tmp / f"{name}.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(command, cwd=tmp, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            code = process.wait(timeout=480)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"2-rank branched run did not finish in 480 s (hung?):\n{log.read_text()[-4000:]}")
+    assert code == 0, log.read_text()[-6000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_zero3_ranks_share_the_store_and_resume_it(tiny_model_path, tmp_path):
+    full = launch_two_ranks(tmp_path, tiny_model_path, "full")
+    for rank, record in enumerate(full):
+        assert record["rank"] == rank and record["world_size"] == 2 and record["distributed_type"].endswith("DEEPSPEED")
+        assert [b["step"] for b in record["batches"]] == [1, 2, 3]
+        for batch in record["batches"]:
+            plan = batch["plan"]
+            assert [p[1] for p in plan] == [False, False, True, True]  # one whole group per rank
+            assert all(p[2] == plan[0][2] for p in plan)  # one cut per group
+        # From the second batch on, both problems have a stored trace on BOTH ranks: the store is shared.
+        assert all(p[3] for b in record["batches"][1:] for p in b["plan"])
+    assert full[0]["store"] == full[1]["store"] and len(full[0]["store"]["prefixes"]) == 2
+    assert full[0]["generate_calls"] == full[1]["generate_calls"]  # two calls a batch on each rank
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    saved = [(checkpoint / f"mrt_prefixes_rank{r}.json").read_text() for r in range(2)]
+    assert saved[0] == saved[1]
+    assert any(b["plan"][0][2] for r in full for b in r["batches"][1:])  # some prefixes are not empty
+    logs = [row for row in full[0]["log_history"] if "mrt/j_hat" in row]
+    assert len(logs) == 3 and all("mrt/prefix_tokens" in row for row in logs)
+
+    resumed = launch_two_ranks(tmp_path, tiny_model_path, "resumed", "--resume_from_checkpoint", str(checkpoint))
+    # The resumed step 3 cuts the same prefixes as the uninterrupted run's step 3: the store came back per rank.
+    cuts = lambda records: {p[0]: p[2] for r in records for b in r["batches"] if b["step"] == 3 for p in b["plan"]}  # noqa: E731
+    assert [b["step"] for r in resumed for b in r["batches"]] == [3, 3]
+    assert cuts(resumed) == cuts(full)
