@@ -5,7 +5,7 @@ import torch
 
 from mrt import MRTConfig, MRTTrainer
 from mrt.data import arithmetic_dataset
-from mrt.prover import ProgressEstimator, TransformersProver, shared_prefixes
+from mrt.prover import ProgressEstimator, TransformersProver, prefix_tree
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +42,33 @@ def plain_generate(trainer, prompt, max_tokens):
     return new[:new.index(eos)] if eos in new else new
 
 
-def test_shared_prefixes_reuse_the_longest_head_with_the_most_in_common():
-    prompts = [[1, 2, 3, 4, 5], [1, 2, 9], [1, 2, 3], [7, 8], [1, 2, 3, 4, 5, 6, 7], [5]]
-    source, shared = shared_prefixes(prompts)
-    assert source == [4, 4, 4, 3, 4, 5]
-    # a prompt never takes its own last token from a cache; a head takes all but its last from its own pass
-    assert shared == [4, 2, 2, 1, 6, 0]
+def test_prefix_tree_reads_a_group_s_prompt_once_each_completion_once_and_prefixes_from_their_completion():
+    prompt, a, b, suffix = [1, 2, 3], [10, 11, 12, 13], [10, 21, 22, 23], [8, 9]
+    prompts = [prompt + a + suffix, prompt + a[:2] + suffix, prompt + suffix, prompt + b + suffix,
+               prompt + b[:3] + suffix, [7, 7], [5]]
+    parent, shared, level = prefix_tree(prompts)
+    assert parent[0] is None and level[0] == 0  # the longest of the group is read whole
+    assert (parent[3], shared[3], level[3]) == (0, 4, 1)  # completion b takes the prompt and b's first token
+    assert (parent[4], shared[4], level[4]) == (3, 6, 2)  # b's prefix takes prompt + b[:3] from b
+    assert (parent[1], shared[1]) == (0, 5)
+    assert parent[2] in (0, 1, 3, 4) and shared[2] == 3
+    assert parent[5] is None and parent[6] is None  # nothing in common
+    assert max(level) <= 2
+
+
+def test_prefill_reads_no_more_than_the_distinct_prefixes(trainer):
+    from mrt.prover.estimate import distinct_prefixes
+
+    tok = trainer._tokenizer
+    prompt = prompts_of(trainer, ["What is 7 + 5?"])[0]
+    suffix = list(trainer.progress_estimator.suffix.ids)
+    works = [tok(t, add_special_tokens=False)["input_ids"] for t in
+             ["Let me add. 7 + 5 = 12.\n\nWait, 5 + 7 = 12 too.", "Seven plus five.\n\nHmm, that is 12."]]
+    prompts = [prompt + w[:b] + suffix for w in works for b in (0, len(w) // 2, len(w))]
+    prover = prover_of(trainer)
+    before = prover.prefill_tokens
+    prover.generate(prompts, num_samples=1, max_tokens=2, temperature=1.0, stop=None)  # one chunk of 6
+    assert prover.prefill_tokens - before == distinct_prefixes([p[:-1] for p in prompts])
 
 
 def test_branched_samples_equal_plain_generation_greedily(trainer):

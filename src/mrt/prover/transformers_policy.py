@@ -137,7 +137,7 @@ class TransformersProver:
         """Prefill the prompts (shared leading tokens once), copy each cache `num_samples` times and sample; the
         returned rows are grouped by prompt."""
         ids, mask, cache = self._prefill(model, prompts)
-        self.prefill_tokens += int(mask.sum()) if cache is None else 0
+        self.prefill_tokens += int(mask.sum()) - len(prompts) if cache is None else 0
         width = ids.size(1)
         if cache is not None:
             cache.batch_repeat_interleave(num_samples)
@@ -149,62 +149,85 @@ class TransformersProver:
         return [cut_at_eos(row, self.eos) for row in out[:, width:].tolist()]
 
     def _prefill(self, model, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
-        """Ids, mask and a cache of every prompt but its last token, reading shared leading tokens once.
+        """Left-padded ids, mask and a cache of every prompt but its last token, reading shared leading tokens once.
 
-        Pass 1 reads the "head" prompts whole; pass 2 reads each other prompt's tokens after the part it shares
-        with its head, on top of a copy of the head's cached keys and values. Row i is laid out as
-        [pad, shared part | pad, rest]; positions come from the mask, so the padding in the middle is invisible.
-        Both passes always run (pass 2 on one pad token when nothing needs it): ZeRO-3 ranks stay in step.
+        `prefix_tree` gives each prompt a parent, a longer prompt it shares leading tokens with, and a level. Level 0
+        (the roots) is read whole; a prompt of level k reads only its tokens after the part it shares with its
+        parent, on top of the parent's cached keys and values (laid out as [pad, shared part | pad, rest];
+        positions come from the mask). So the prompt of a group is read once, each completion once, and each of its
+        episode prefixes adds only the suffix. Every level pass always runs (on one pad token when it has nothing
+        to read): ZeRO-3 ranks stay in step.
         """
-        device = self.device
-        source, shared = shared_prefixes(prompts)
-        heads = sorted(set(source))
-        head_ids, head_mask = self._left_pad([prompts[h][:-1] or [self._pad_id] for h in heads])
-        head_cache = DynamicCache(config=model.config)
-        model(input_ids=head_ids, attention_mask=head_mask, position_ids=_positions(head_mask),
-              past_key_values=head_cache, use_cache=True, logits_to_keep=1)
-        self.prefill_tokens += int(head_mask.sum())
-
-        if not all(type(layer) is DynamicLayer for layer in head_cache.layers):
-            # Sliding-window (or other) caches do not keep every position: read each prompt whole instead.
-            model(input_ids=torch.full((1, 1), self._pad_id, device=device), logits_to_keep=1)  # pass 2's place
-            return *self._left_pad(prompts), None
-        rests = [p[c:] for p, c in zip(prompts, shared)]
-        front, back = max(shared), max(len(r) for r in rests)
-        rows = [[self._pad_id] * (front - c) + p[:c] + [self._pad_id] * (back - len(r)) + r
-                for p, c, r in zip(prompts, shared, rests)]
-        ids = torch.tensor(rows, device=device)
-        mask = torch.tensor([[0] * (front - c) + [1] * c + [0] * (back - len(r)) + [1] * len(r)
-                             for c, r in zip(shared, rests)], device=device)
-        # The cache of every row: the head's keys and values of the shared part, then room for the rest.
-        layers = []
-        for layer in head_cache.layers:
-            keys = layer.keys.new_zeros(len(prompts), layer.keys.size(1), front + back - 1, layer.keys.size(3))
-            values = torch.zeros_like(keys)
-            for i, (h, c) in enumerate(zip(source, shared)):
-                k, end = heads.index(h), head_ids.size(1) - (len(prompts[h]) - 1) + c
-                keys[i, :, front - c:front] = layer.keys[k, :, end - c:end]
-                values[i, :, front - c:front] = layer.values[k, :, end - c:end]
-            layers.append((keys, values))
-        todo = [i for i, r in enumerate(rests) if len(r) > 1]
-        cut = front + back - 1
-        if todo:
-            part = DynamicCache(config=model.config)
-            for n, (keys, values) in enumerate(layers):
-                part.update(keys[todo, :, :front], values[todo, :, :front], n)
-            model(input_ids=ids[todo, front:cut], attention_mask=mask[todo, :cut],
-                  position_ids=_positions(mask[todo])[:, front:cut], past_key_values=part, use_cache=True,
-                  logits_to_keep=1)
-            self.prefill_tokens += int(mask[todo, front:cut].sum())
-            for (keys, values), layer in zip(layers, part.layers):
-                keys[todo, :, front:] = layer.keys[:, :, front:]
-                values[todo, :, front:] = layer.values[:, :, front:]
-        else:
-            model(input_ids=torch.full((1, 1), self._pad_id, device=device), logits_to_keep=1)
+        parent, shared, level = prefix_tree(prompts)
+        compact: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * len(prompts)
+        for depth in range(LEVELS):
+            rows = [i for i, lv in enumerate(level) if lv == depth]
+            past = [self._past(compact, parent[i], shared[i]) for i in rows]
+            todo = [k for k, i in enumerate(rows) if len(prompts[i]) - 1 > shared[i]]
+            for k, i in enumerate(rows):
+                if k not in todo:
+                    compact[i] = past[k]
+            if not todo:
+                model(input_ids=torch.full((1, 1), self._pad_id, device=self.device), logits_to_keep=1)
+                continue
+            computed = self._extend(model, [prompts[rows[k]][shared[rows[k]]:-1] for k in todo],
+                                    [past[k] for k in todo], [shared[rows[k]] for k in todo])
+            if computed is None:  # a cache that does not keep every position (sliding window): read prompts whole
+                for _ in range(depth + 1, LEVELS):
+                    model(input_ids=torch.full((1, 1), self._pad_id, device=self.device), logits_to_keep=1)
+                return *self._left_pad(prompts), None
+            for k, layers in zip(todo, computed):
+                compact[rows[k]] = layers
+        ids, mask = self._left_pad(prompts)
+        filled = [c for c in compact if c is not None]
+        if not filled:  # one-token prompts: nothing to cache
+            return ids, mask, None
+        width = ids.size(1) - 1
         cache = DynamicCache(config=model.config)
-        for n, (keys, values) in enumerate(layers):
+        for n, (sample, _) in enumerate(filled[0]):
+            keys = sample.new_zeros(len(prompts), sample.size(0), width, sample.size(2))
+            values = torch.zeros_like(keys)
+            for i, layers in enumerate(compact):
+                if layers is not None and layers[n][0].size(1):
+                    size = layers[n][0].size(1)
+                    keys[i, :, width - size:] = layers[n][0]
+                    values[i, :, width - size:] = layers[n][1]
             cache.update(keys, values, n)
         return ids, mask, cache
+
+    def _past(self, compact, parent: int | None, size: int):
+        """The first `size` cached tokens of the parent (per layer: keys and values of shape (heads, size, dim))."""
+        if parent is None:
+            return None
+        return [(k[:, :size], v[:, :size]) for k, v in compact[parent]]
+
+    def _extend(self, model, rests: list[list[int]], pasts: list, sizes: list[int]):
+        """One forward pass reading each row's `rest` on top of its `past`; per row and layer, the keys and values of
+        past + rest. None when the model's cache does not keep every position."""
+        front, back = max(sizes), max(len(r) for r in rests)
+        ids = torch.tensor([[self._pad_id] * (back - len(r)) + r for r in rests], device=self.device)
+        mask = torch.tensor([[0] * (front - c) + [1] * c + [0] * (back - len(r)) + [1] * len(r)
+                             for c, r in zip(sizes, rests)], device=self.device)
+        cache = DynamicCache(config=model.config)
+        if front:
+            for n in range(len(next(p for p in pasts if p))):
+                sample = next(p[n][0] for p in pasts if p)
+                keys = sample.new_zeros(len(rests), sample.size(0), front, sample.size(2))
+                values = torch.zeros_like(keys)
+                for i, (past, c) in enumerate(zip(pasts, sizes)):
+                    if c:
+                        keys[i, :, front - c:] = past[n][0]
+                        values[i, :, front - c:] = past[n][1]
+                cache.update(keys, values, n)
+        model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)[:, front:], past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+        self.prefill_tokens += sum(len(r) for r in rests)
+        if not all(type(layer) is DynamicLayer for layer in cache.layers):
+            return None
+        return [[(torch.cat([layer.keys[i, :, front - c:front], layer.keys[i, :, front + back - len(r):]], dim=1),
+                  torch.cat([layer.values[i, :, front - c:front], layer.values[i, :, front + back - len(r):]], dim=1))
+                 for layer in cache.layers]
+                for i, (c, r) in enumerate(zip(sizes, rests))]
 
     def _answer_logprobs(self, model, sequences, answer_sizes) -> list[float]:
         """Sum of log-probabilities of each sequence's last `answer_sizes[i]` tokens, in one forward pass."""
@@ -216,34 +239,45 @@ class TransformersProver:
         return [row[-size:].sum().item() for row, size in zip(logps, answer_sizes)]
 
 
-def shared_prefixes(prompts: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
-    """For each prompt, the head prompt whose cached tokens it reuses and how many leading tokens it takes.
+LEVELS = 3  # prefill passes: a group's prompt, each completion, each episode prefix's suffix
 
-    Longest prompts first; a prompt sharing no leading token with an earlier head becomes a head itself. A head
-    reuses its own cache for all but its last token; no prompt takes its own last token from a cache.
+
+def prefix_tree(prompts: Sequence[Sequence[int]], levels: int = LEVELS) -> tuple[list, list[int], list[int]]:
+    """For each prompt: the parent whose cached tokens it reuses (None for a root), how many leading tokens it takes
+    from it, and its level (0 for a root, parent's + 1 otherwise, below `levels`).
+
+    Longest prompts first; each takes the earlier prompt (of a level that can have children) it shares the most
+    leading tokens with. No prompt takes its own last token from a cache (it is read when sampling starts).
     """
-    source, shared, heads = [0] * len(prompts), [0] * len(prompts), []
-    for i in sorted(range(len(prompts)), key=lambda i: -len(prompts[i])):
-        p = prompts[i]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    parent, shared, level = [None] * len(prompts), [0] * len(prompts), [0] * len(prompts)
+    common = _common_lengths(prompts)
+    done: list[int] = []
+    for i in order:
         best, best_len = None, 0
-        for h in heads:
-            n = min(_common_length(p, prompts[h]), len(p) - 1, len(prompts[h]) - 1)
-            if n > best_len:
-                best, best_len = h, n
-        if best is None:
-            heads.append(i)
-            best, best_len = i, len(p) - 1
-        source[i], shared[i] = best, best_len
-    return source, shared
+        for j in done:
+            n = min(common[i][j], len(prompts[i]) - 1, len(prompts[j]) - 1)
+            if level[j] < levels - 1 and n > best_len:
+                best, best_len = j, n
+        if best is not None:
+            parent[i], shared[i], level[i] = best, best_len, level[best] + 1
+        done.append(i)
+    return parent, shared, level
 
 
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+def _common_lengths(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Leading tokens every pair of prompts has in common (vectorised: prompts can be thousands of tokens)."""
+    if not prompts:
+        return []
+    width = max(len(p) for p in prompts)
+    grid = torch.full((len(prompts), width), -1, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        grid[i, :len(p)] = torch.tensor(list(p), dtype=torch.long)
+    rows = []
+    for i, p in enumerate(prompts):
+        same = (grid == grid[i]) & (grid >= 0)
+        rows.append(same.long().cumprod(dim=1).sum(dim=1).tolist())
+    return rows
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
