@@ -370,3 +370,28 @@ def test_token_pieces_is_fast_for_long_completions(tokenizer):
     ends = split_completion(ids, tokenizer, EpisodeRules())
     assert time.perf_counter() - start < 5.0
     assert len(ends) == 4 and ends[-1] == len(ids)
+
+
+def sentencepiece_style_tokenizer():
+    """A tiny BPE tokenizer with SentencePiece's Metaspace pieces ('\u2581word'), trained here (no hub): its decoder,
+    like Llama-2's and Mistral's, drops the leading space of a token decoded on its own."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    corpus = ["So the sum is 12.", "But wait, check again.\n\nLet me check the sum again."] * 50
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+
+
+def test_markers_are_found_with_sentencepiece_style_decoders():
+    tok = sentencepiece_style_tokenizer()
+    text = "So the sum is 12.\n\nBut wait, check again."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    alone = "".join(tok.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False))
+    assert "Butwait" in alone  # the defect: token by token, the spaces are gone
+    assert "".join(token_pieces(tok, ids)) == tok.decode(ids)
+    ends = split_completion(ids, tok, EpisodeRules(markers=("But wait",), fallback="none"))
+    assert len(ends) == 2
+    assert tok.decode(ids[ends[0]:]).startswith("But wait")

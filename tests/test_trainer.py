@@ -200,3 +200,19 @@ def test_likelihood_estimator_gives_fractional_j_without_sampling(tiny_model_pat
     assert inner and all(0.0 < j < 1.0 for j in inner), inner
     assert torch.allclose(output["advantages"], expected_advantages(record, 0.5, output["advantages"].size(1)))
     assert trainer._metrics["train"]["mrt/prover_tokens"][-1] == 0  # nothing sampled
+
+
+def test_eval_batches_do_not_count_toward_the_training_step_s_prover_share(tiny_model_path, tmp_path):
+    trainer = mrt_trainer(tiny_model_path, tmp_path)
+    trainer.model.eval()
+    rows = [trainer.train_dataset[0]] * trainer.num_generations
+    trainer._generate_and_score_completions(rows)
+    assert trainer._metrics["eval"]["mrt/prover_seconds"][-1] > 0
+    assert trainer._prover_seconds == 0.0  # nothing carried into the next training step's mrt/prover_step_share
+
+
+def test_a_static_cache_implementation_does_not_break_the_prover(tiny_model_path, tmp_path):
+    trainer = mrt_trainer(tiny_model_path, tmp_path, cache_implementation="static")
+    output = one_batch(trainer)
+    assert trainer._metrics["train"]["mrt/prover_requests"][-1] > 0
+    assert torch.isfinite(output["advantages"]).all()

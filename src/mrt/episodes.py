@@ -193,15 +193,29 @@ def prefix_lengths(ends: Sequence[int]) -> list[int]:
     return [0] + list(ends[:-1])
 
 
-def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
-    """Decoded text of each token on its own (a byte-level BPE piece of a multi-byte character
-    may come out as "\\ufffd"; only ASCII markers and newlines are searched, so that is harmless)."""
+def token_pieces(tokenizer, ids: Sequence[int], window: int = 4) -> list[str]:
+    """Decoded text of each token, read in context: the text of the `window` tokens before it and the token, minus
+    the text of those tokens alone. In context, because some decoders drop a token's leading space when it is
+    decoded on its own (SentencePiece's '\u2581again' -> 'again', so 'check again' would read 'checkagain'). A
+    byte-level BPE piece of a multi-byte character may come out as "\ufffd"; only ASCII markers and newlines are
+    searched, so that is harmless."""
     ids = [int(t) for t in ids]
     if not ids:
         return []
-    return tokenizer.batch_decode(
-        [[t] for t in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
-    )
+    spans = [ids[max(0, k - window):k + 1] for k in range(len(ids))]
+    heads = [span[:-1] for span in spans]
+    options = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+    texts = tokenizer.batch_decode(spans, **options)
+    befores = tokenizer.batch_decode(heads, **options)
+    alone = None
+    pieces = []
+    for k, (text, before) in enumerate(zip(texts, befores)):
+        if text.startswith(before):
+            pieces.append(text[len(before):])
+        else:  # the decoder changed earlier text once this token came (rare): fall back to the token alone
+            alone = alone or tokenizer.batch_decode([[t] for t in ids], **options)
+            pieces.append(alone[k])
+    return pieces
 
 
 def split_completion(ids: Sequence[int], tokenizer, rules: EpisodeRules) -> list[int]:
