@@ -216,3 +216,37 @@ def test_a_static_cache_implementation_does_not_break_the_prover(tiny_model_path
     output = one_batch(trainer)
     assert trainer._metrics["train"]["mrt/prover_requests"][-1] > 0
     assert torch.isfinite(output["advantages"]).all()
+
+
+def half_unparsable(n=16):
+    dataset = arithmetic_dataset(n, seed=0)
+    return dataset.map(lambda row, i: {"answer": "???" if i % 2 == 0 else row["answer"]}, with_indices=True)
+
+
+def test_estimating_progress_at_alpha_zero_is_grpo_even_for_rows_only_another_reward_scores(tiny_model_path,
+                                                                                            tmp_path):
+    # Rows 0-1 have an unparsable gold: accuracy says None there, but the length reward scores them, so GRPO
+    # gives them an advantage; running the prover must not take it away.
+    def checksum(completions, **kwargs):  # differs between any two texts, almost surely
+        return [float(sum(map(ord, c[0]["content"] if isinstance(c, list) else c)) % 97) for c in completions]
+
+    trainer = mrt_trainer(tiny_model_path, tmp_path, dataset=half_unparsable(), alpha=0.0, estimate_progress=True,
+                          reward_funcs=[mrt_reward(), checksum])
+    output = one_batch(trainer)
+    grpo = trainer.last_progress.grpo_advantages
+    assert grpo[:2].abs().sum() > 0
+    assert torch.equal(output["advantages"], grpo.unsqueeze(1).expand_as(output["advantages"]))
+
+
+def test_termination_baseline_is_the_whole_reward_minus_j0_of_the_progress_rewards(tiny_model_path, tmp_path):
+    trainer = mrt_trainer(tiny_model_path, tmp_path, progress_mode="termination_baseline", alpha=1.0,
+                          reward_funcs=[mrt_reward(), length_reward], reward_weights=[1.0, 0.01],
+                          progress_reward_funcs=["accuracy"])
+    one_batch(trainer)
+    record = trainer.last_progress
+    rewards = trainer.local_rewards(4)
+    whole = rewards[:, 0] + 0.01 * rewards[:, 1]  # the format-like length reward counts in r
+    assert whole.abs().sum() > 0
+    expected = whole - torch.tensor([js[0] for js in record.j_values])
+    assert torch.allclose(record.sequence_advantages, expected)
+    assert all(js[-1] == r for js, r in zip(record.j_values, rewards[:, 0].tolist()))  # J_H: accuracy only
