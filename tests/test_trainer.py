@@ -250,3 +250,16 @@ def test_termination_baseline_is_the_whole_reward_minus_j0_of_the_progress_rewar
     expected = whole - torch.tensor([js[0] for js in record.j_values])
     assert torch.allclose(record.sequence_advantages, expected)
     assert all(js[-1] == r for js, r in zip(record.j_values, rewards[:, 0].tolist()))  # J_H: accuracy only
+
+
+def test_likelihood_with_whole_solutions_as_answers_warns(tiny_model_path, tmp_path, caplog):
+    dataset = arithmetic_dataset(8, seed=0).map(
+        lambda row: {"answer": f"We add the two numbers step by step and find that the result is {row['answer']}."})
+    with caplog.at_level(logging.WARNING, logger="mrt.trainer"):
+        mrt_trainer(tiny_model_path, tmp_path, dataset=dataset, prover_estimator="likelihood",
+                    termination_suffix="boxed")
+    assert any("long texts" in r.message and "answer_column='answer'" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mrt.trainer"):
+        mrt_trainer(tiny_model_path, tmp_path, prover_estimator="likelihood", termination_suffix="boxed")
+    assert not any("long texts" in r.message for r in caplog.records)
