@@ -613,3 +613,13 @@ def test_two_zero3_ranks_share_the_store_and_resume_it(tiny_model_path, tmp_path
     cuts = lambda records: {p[0]: p[2] for r in records for b in r["batches"] if b["step"] == 3 for p in b["plan"]}  # noqa: E731
     assert [b["step"] for r in resumed for b in r["batches"]] == [3, 3]
     assert cuts(resumed) == cuts(full)
+
+
+def test_cut_at_stop_keeps_the_token_that_completes_the_stop_string(tokenizer):
+    from mrt.branched import cut_at_stop
+
+    ids = tokenizer("12}$ and then more text", add_special_tokens=False)["input_ids"]
+    cut = cut_at_stop(ids, tokenizer, ["}"])
+    assert tokenizer.decode(cut) == "12}$"  # "}$" is one token: it holds the stop string and is kept
+    assert tokenizer.decode(cut_at_stop(ids, tokenizer, ["then"])).endswith("then")
+    assert cut_at_stop(ids, tokenizer, None) == ids and cut_at_stop(ids, tokenizer, ["#"]) == ids
