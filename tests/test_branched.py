@@ -1,5 +1,6 @@
 """progress_mode='branched' (issue 12): cuts, prefixes, the store, the advantage, and training runs."""
 
+import math
 import random
 
 import pytest
@@ -131,6 +132,20 @@ def test_odd_num_generations_is_rejected_in_branched_mode():
 def test_branched_fields_name_themselves(field, value):
     with pytest.raises(ValueError, match=f"MRTConfig.{field} "):
         config(progress_mode="branched", num_generations=4, per_device_train_batch_size=4, **{field: value})
+
+
+def test_branched_stop_strings_exclude_masking_truncated_completions():
+    with pytest.raises(ValueError, match="MRTConfig.mask_truncated_completions"):
+        config(progress_mode="branched", num_generations=4, per_device_train_batch_size=4,
+               mask_truncated_completions=True, prover_stop=["}"])
+    assert config(progress_mode="branched", num_generations=4, per_device_train_batch_size=4,
+                  mask_truncated_completions=True).prover_stop is None
+
+
+def test_branched_runs_no_separate_prover():
+    with pytest.raises(ValueError, match="MRTConfig.estimate_progress"):
+        config(progress_mode="branched", num_generations=4, per_device_train_batch_size=4, estimate_progress=True)
+    assert not config(progress_mode="branched", num_generations=4, per_device_train_batch_size=4).runs_prover
 
 
 def test_branched_needs_sum_then_normalize():
@@ -623,3 +638,62 @@ def test_cut_at_stop_keeps_the_token_that_completes_the_stop_string(tokenizer):
     assert tokenizer.decode(cut) == "12}$"  # "}$" is one token: it holds the stop string and is kept
     assert tokenizer.decode(cut_at_stop(ids, tokenizer, ["then"])).endswith("then")
     assert cut_at_stop(ids, tokenizer, None) == ids and cut_at_stop(ids, tokenizer, ["#"]) == ids
+
+
+# ---------------------------------------------------------------- vLLM colocate (real vLLM on CPU)
+
+
+@pytest.mark.slow
+def test_branched_with_the_colocated_vllm_engine(smollm2_path, tmp_path, monkeypatch):
+    """Both halves through TRL's colocated vllm.LLM: the terminating one with mu's budget and stop strings."""
+    import json
+    import os
+    from pathlib import Path
+
+    pytest.importorskip("vllm")
+    from mrt import MRTTrainer
+    from mrt.data import arithmetic_dataset
+    from mrt.vllm_server import free_port
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_CI_ENV", "1")  # trace once eagerly instead of compiling (see test_prover_vllm)
+    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(name, value)
+    model = tmp_path / "smollm2-fp32"  # float32: vLLM's CPU bf16 matmuls are slow without AVX-512 bf16
+    model.mkdir()
+    for item in Path(smollm2_path).iterdir():
+        if item.name != "config.json":
+            (model / item.name).symlink_to(item)
+    config = json.loads((Path(smollm2_path) / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "dtype": "float32"}))
+
+    class RecordingTrainer(Recording, MRTTrainer):
+        batches: list
+        _last_plan = None
+
+    args = MRTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none",
+                     gradient_checkpointing=False, save_strategy="no", logging_steps=1, max_steps=2, seed=0,
+                     per_device_train_batch_size=8, num_generations=4, max_completion_length=16, beta=0.0,
+                     learning_rate=1e-5, model_init_kwargs={"dtype": torch.float32}, progress_mode="branched",
+                     termination_suffix="boxed", prover_max_tokens=4, prover_stop=["}"], use_vllm=True,
+                     vllm_mode="colocate", vllm_gpu_memory_utilization=0.1, vllm_enable_sleep_mode=False)
+    trainer = RecordingTrainer(model=str(model), args=args, train_dataset=arithmetic_dataset(2, seed=0))
+    trainer.batches = []
+    llm, calls = trainer.vllm_generation.llm, []
+    generate = llm.generate
+
+    def recording_generate(prompts, sampling_params=None, **kwargs):
+        calls.append((len(prompts), sampling_params))
+        return generate(prompts, sampling_params=sampling_params, **kwargs)
+
+    llm.generate = recording_generate
+    trainer.train()
+    # Two engine calls a batch: 4 continuing rows with the policy's budget, 4 terminating with mu's.
+    assert [(n, p.max_tokens) for n, p in calls] == [(4, 16), (4, 4)] * 2
+    assert calls[1][1].stop == ["}"] and calls[1][1].include_stop_str_in_output and not calls[0][1].stop
+    for inputs, output, plan in trainer.batches:
+        for comp_mask, branch in zip(output["completion_mask"], plan):
+            assert int(comp_mask.sum()) <= (4 if branch.terminating else 16)
+    assert all(b.has_source for b in trainer.batches[1][2])  # the second batch cuts the first one's traces
+    assert math.isfinite(trainer.state.log_history[-2]["loss"])

@@ -125,7 +125,7 @@ class BranchedRollouts:
             tok = self._tokenizer
             if isinstance(prompt, list):
                 text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True,
-                                               **getattr(self, "chat_template_kwargs", {}))
+                                               **(getattr(self, "chat_template_kwargs", None) or {}))
                 self._prompt_lengths[key] = len(tok(text, add_special_tokens=False)["input_ids"])
             else:
                 self._prompt_lengths[key] = len(tok(prompt)["input_ids"])

@@ -254,6 +254,9 @@ class MRTConfig(GRPOConfig):
                    "(half of each group continues the prefix, half terminates)")
             _check(self.estimate_progress is None, "estimate_progress", self.estimate_progress,
                    "None with progress_mode='branched' (it runs no separate prover)")
+            _check(not (self.mask_truncated_completions and self.prover_stop), "mask_truncated_completions",
+                   self.mask_truncated_completions, "False with progress_mode='branched' and prover_stop: the "
+                   "terminating half ends at a stop string, not at EOS, and would be masked as truncated")
             local = self.per_device_train_batch_size * (self.steps_per_generation or 1)
             _check(local % self.num_generations == 0, "per_device_train_batch_size",
                    self.per_device_train_batch_size, f"a value for which per_device_train_batch_size x "
