@@ -1,0 +1,420 @@
+"""Side by side: GRPO vs MRT (dense, branched, ...) vs MRT-STaR, trained and evaluated unit by unit.
+
+A comparison YAML (configs/compare_*.yaml) names the arms (each a training config plus overrides), the seeds, the
+held-out evaluation and the budgets. Every arm x seed is one *unit*: train from the base model (same data order and
+steps for every arm of a seed; `mrt.cli.build_trainer` for RL arms, `mrt.star.run` for STaR), then evaluate the
+final model with `mrt.evaluation` at budgets up to the largest multiple of the training budget, and write
+`units/<arm>-seed<k>.json`. The base model is one more unit, "base". A unit works in `work_dir/<unit>/` and its
+JSON is written under a temporary name and renamed when done, so a finished unit is never redone and an
+interrupted one starts again from nothing. `mrt.compare_report` turns the unit files into the report.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mrt.checks import check
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("rl", "star")
+BASE = "base"
+UNITS = "units"
+PROBLEMS_FILE = "eval_problems.jsonl"
+# Training fields that never change a unit's numbers: left out of its fingerprint.
+NOT_FINGERPRINTED = ("output_dir", "report_to", "logging_steps", "save_strategy", "run_name")
+# Training-curve keys kept from trainer.state.log_history (every mrt/ metric is kept too).
+CURVE_KEYS = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio", "loss", "kl",
+              "entropy")
+# What --smoke forces on top of the YAML's `smoke:` block: the tiny model, one step, one seed, two problems.
+SMOKE_EVAL = {"num_problems": 2}
+SMOKE_TRAIN = {"max_steps": 1}
+
+
+def _check(ok: bool, name: str, value, expected: str) -> None:
+    check(ok, "CompareConfig", name, value, expected)
+
+
+@dataclass
+class Arm:
+    """One method: a training config file plus overrides."""
+
+    name: str = field(metadata={"help": "Short name, used in unit file names and tables."})
+    config: str = field(metadata={"help": "Training recipe (YAML): MRT's for kind 'rl', MRT-STaR's for 'star'."})
+    kind: str = field(default="rl", metadata={"help": "'rl' (mrt.cli.build_trainer) or 'star' (mrt.star.run)."})
+    overrides: dict = field(default_factory=dict, metadata={"help": "Fields set on top of the recipe."})
+
+    def __post_init__(self):
+        check(bool(self.name) and all(c.isalnum() or c in "_." for c in self.name), "Arm", "name", self.name,
+              "letters, digits, '_' or '.' (it names files)")
+        check(self.name != BASE, "Arm", "name", self.name, f"anything but {BASE!r} (the base model's unit)")
+        check(self.kind in KINDS, "Arm", "kind", self.kind, f"one of {KINDS}")
+        check(bool(self.config), "Arm", "config", self.config, "a training config path")
+        check(isinstance(self.overrides, dict), "Arm", "overrides", self.overrides, "a mapping of field: value")
+
+
+@dataclass
+class CompareConfig:
+    """A comparison: arms x seeds, the held-out evaluation, the budgets, where units and the report go."""
+
+    name: str = field(default="compare", metadata={"help": "Title of the report."})
+    model: str = field(default="smollm2-135m", metadata={
+        "help": "The base model every arm starts from (model_name_or_path of every arm; the 'base' unit)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
+        "help": "Seeds: each arm trains once per seed (training seed = data order and sampling)."})
+    arms: list[Arm] = field(default_factory=list, metadata={"help": "The methods compared (at least one)."})
+    train: dict = field(default_factory=dict, metadata={
+        "help": "Overrides applied to every RL arm (the same data, steps and completion length for all)."})
+    budget_multiples: list[float] = field(default_factory=lambda: [1, 2, 4], metadata={
+        "help": "Evaluation budgets as multiples of the training budget (max_completion_length); the largest sets "
+                "the evaluation's max_tokens. Budget 0 is always added (J_0)."})
+    evaluation: dict = field(default_factory=dict, metadata={
+        "help": "mrt.evaluation.EvalConfig fields (num_problems, num_samples, temperature, prover_*, backend, "
+                "seed, ...). models, dataset, max_tokens, budgets, cutoffs and output_dir are set by the tool."})
+    eval_dataset: str | None = field(default=None, metadata={
+        "help": "Where held-out problems come from (the 'test' split). None: the RL arms' dataset_name."})
+    eval_split: str = field(default="test", metadata={"help": "Split of the held-out problems."})
+    bootstrap_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the 95% intervals."})
+    bootstrap_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+    output_dir: str = field(default="outputs/compare", metadata={
+        "help": "Finished unit JSONs (units/), the held-out problems and the report: commit this folder."})
+    work_dir: str | None = field(default=None, metadata={
+        "help": "Models and records of the unit being run, deleted when it is done. None: output_dir/work (the "
+                "tool writes output_dir/.gitignore so that it is never committed)."})
+    keep_models: bool = field(default=False, metadata={"help": "Keep each trained model in work_dir."})
+
+    def __post_init__(self):
+        self.arms = [a if isinstance(a, Arm) else Arm(**a) for a in self.arms]
+        _check(len(self.arms) >= 1, "arms", self.arms, "at least one arm")
+        names = [a.name for a in self.arms]
+        _check(len(set(names)) == len(names), "arms", names, "distinct arm names")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds,
+               "at least one seed, no repeats")
+        _check(bool(self.model), "model", self.model, "a base model")
+        _check(len(self.budget_multiples) >= 1 and all(m > 0 for m in self.budget_multiples), "budget_multiples",
+               self.budget_multiples, "positive multiples of the training budget")
+        _check(isinstance(self.train, dict), "train", self.train, "a mapping of field: value")
+        _check(isinstance(self.evaluation, dict), "evaluation", self.evaluation, "a mapping of EvalConfig fields")
+        owned = {"models", "dataset", "split", "max_tokens", "budgets", "cutoffs", "output_dir"} & set(self.evaluation)
+        _check(not owned, "evaluation", sorted(owned), "none of the fields the tool sets itself")
+        _check(self.bootstrap_resamples >= 10, "bootstrap_resamples", self.bootstrap_resamples, ">= 10")
+        if self.work_dir is None:
+            self.work_dir = str(Path(self.output_dir) / "work")
+        _check(os.path.abspath(self.output_dir) != os.path.abspath(self.work_dir), "work_dir", self.work_dir,
+               "another folder than output_dir")
+
+    def units(self) -> list[tuple[str, Arm | None, int | None]]:
+        """(unit name, arm, seed), base first, then seed by seed so that early units already compare every arm."""
+        return [(BASE, None, None)] + [(f"{a.name}-seed{s}", a, s) for s in self.seeds for a in self.arms]
+
+
+def load_config(path: str | os.PathLike, smoke: bool = False, output_dir: str | None = None) -> CompareConfig:
+    """The comparison a YAML file describes; `smoke`: the tiny model, one step per arm, the first seed, two problems,
+    plus the file's `smoke:` block (train / evaluation / arms overrides)."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    smoke_block = raw.pop("smoke", {}) or {}
+    arms = raw.pop("arms", {}) or {}
+    _check(isinstance(arms, dict), "arms", arms, "a mapping of arm name: {config, kind, overrides}")
+    raw["arms"] = [{"name": name, **(spec or {})} for name, spec in arms.items()]
+    if smoke:
+        from mrt.models import tiny_model_folder
+
+        raw["model"] = str(tiny_model_folder())
+        raw["seeds"] = list(raw.get("seeds", [0]))[:1]
+        raw["train"] = {**raw.get("train", {}), **smoke_block.get("train", {}), **SMOKE_TRAIN}
+        raw["evaluation"] = {**raw.get("evaluation", {}), **smoke_block.get("evaluation", {}), **SMOKE_EVAL}
+        for arm in raw["arms"]:
+            extra = (smoke_block.get("arms") or {}).get(arm["name"], {})
+            arm["overrides"] = {**arm.get("overrides", {}), **extra}
+            if arm.get("kind") == "star":
+                arm["overrides"]["max_steps"] = 1
+        raw["bootstrap_resamples"] = smoke_block.get("bootstrap_resamples", 100)
+        raw["output_dir"] = smoke_block.get("output_dir", "outputs/compare-smoke")
+        raw.pop("work_dir", None)
+    if output_dir:
+        raw["output_dir"] = output_dir
+        raw.pop("work_dir", None)
+    unknown = set(raw) - set(CompareConfig.__dataclass_fields__)
+    _check(not unknown, "fields", sorted(unknown), f"known fields: {sorted(CompareConfig.__dataclass_fields__)}")
+    return CompareConfig(**raw)
+
+
+# ---------------------------------------------------------------- what each unit trains
+
+
+def arm_fields(config: CompareConfig, arm: Arm, seed: int, output_dir: str | Path) -> dict:
+    """The training fields of one unit: the recipe, the common overrides (RL arms), the arm's own, then the base
+    model, the seed and the unit's output folder."""
+    recipe = yaml.safe_load(Path(arm.config).read_text()) or {}
+    common = config.train if arm.kind == "rl" else {}
+    return {**recipe, **common, **arm.overrides, "model_name_or_path": config.model, "seed": seed,
+            "output_dir": str(output_dir)}
+
+
+def training_budget(config: CompareConfig) -> int:
+    """max_completion_length of the RL arms; they must all train with the same one."""
+    lengths = {a.name: arm_fields(config, a, config.seeds[0], "x").get("max_completion_length")
+               for a in config.arms if a.kind == "rl"}
+    if not lengths:  # STaR only: its trace length
+        lengths = {a.name: arm_fields(config, a, config.seeds[0], "x").get("max_completion_length")
+                   for a in config.arms}
+    values = set(lengths.values())
+    _check(len(values) == 1 and None not in values, "train", lengths,
+           "one max_completion_length for every arm (set it under train:)")
+    return int(values.pop())
+
+
+def eval_budgets(config: CompareConfig) -> tuple[list[int], int]:
+    """(budgets including 0, max_tokens)."""
+    budget = training_budget(config)
+    budgets = sorted({0, *(round(m * budget) for m in config.budget_multiples)})
+    return budgets, budgets[-1]
+
+
+def _training_problems(config: CompareConfig) -> set[str]:
+    from mrt.data import load_problems
+
+    seen = set()
+    for arm in config.arms:
+        for seed in config.seeds:
+            f = arm_fields(config, arm, seed, "x")
+            rows = load_problems(f.get("dataset_name", "arithmetic"), split=f.get("dataset_train_split", "train"),
+                                 problem_column=f.get("problem_column", "problem"),
+                                 answer_column=f.get("answer_column", "answer"), system_prompt=None,
+                                 num_problems=f.get("num_train_problems"), seed=seed)
+            seen.update(str(p) for p in rows[f.get("problem_column", "problem")])
+    return seen
+
+
+def write_held_out(config: CompareConfig) -> Path:
+    """The evaluation problems: the first `num_problems` distinct problems of the held-out split that no arm trains
+    on with any seed, written to output_dir/eval_problems.jsonl (problem, answer)."""
+    from mrt.data import load_problems
+
+    n = int(config.evaluation.get("num_problems", 8))
+    first_rl = next((a for a in config.arms if a.kind == "rl"), config.arms[0])
+    fields = arm_fields(config, first_rl, config.seeds[0], "x")
+    source = config.eval_dataset or fields.get("dataset_name", "arithmetic")
+    column = config.evaluation.get("problem_column", fields.get("problem_column", "problem"))
+    answers = config.evaluation.get("answer_column", fields.get("answer_column", "answer"))
+    built_in = source == "arithmetic" or source.startswith("arithmetic:")
+    candidates = load_problems(source, split=config.eval_split, problem_column=column, answer_column=answers,
+                               system_prompt=None, num_problems=max(1024, 16 * n) if built_in else None,
+                               seed=int(config.evaluation.get("seed", 0)))
+    seen, kept = _training_problems(config), []
+    for row in candidates:
+        problem = str(row[column])
+        if problem not in seen:
+            seen.add(problem)
+            kept.append({"problem": problem, "answer": row["answer"]})
+        if len(kept) == n:
+            break
+    _check(len(kept) == n, "evaluation", {"num_problems": n},
+           f"at most {len(kept)} held-out problems: {source!r} split {config.eval_split!r} has no more problems "
+           "that no arm trains on; lower evaluation.num_problems or num_train_problems")
+    path = Path(config.output_dir) / PROBLEMS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return path
+
+
+def eval_config(config: CompareConfig, model: str, problems: Path, output_dir: Path):
+    from mrt.evaluation import EvalConfig
+
+    budgets, max_tokens = eval_budgets(config)
+    fields = {"backend": "transformers", **config.evaluation}
+    fields.pop("problem_column", None)
+    fields.pop("answer_column", None)
+    return EvalConfig(**fields, models=[model], dataset=str(problems), split="train", max_tokens=max_tokens,
+                      budgets=budgets, cutoffs=[b for b in budgets if b > 0], output_dir=str(output_dir))
+
+
+def fingerprint(config: CompareConfig, arm: Arm | None, seed: int | None, problems: Path) -> str:
+    """Hash of everything that decides a unit's numbers: its training fields, the evaluation, the problems."""
+    if arm is None:
+        what = {"model": config.model}
+    else:
+        fields = {k: v for k, v in arm_fields(config, arm, seed, "x").items() if k not in NOT_FINGERPRINTED}
+        what = {"kind": arm.kind, "fields": fields}
+    evaluation = asdict(eval_config(config, config.model, problems, Path("x")))
+    evaluation = {k: v for k, v in evaluation.items() if k not in ("models", "dataset", "output_dir")}
+    what.update(evaluation=evaluation, problems=hashlib.sha1(problems.read_bytes()).hexdigest())
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- one unit
+
+
+def train_rl(fields: dict) -> tuple[str, list[dict], dict]:
+    """Train one RL unit; (saved model folder, log history, notes)."""
+    from mrt.cli import build_trainer, parser
+
+    script_args, training_args, model_args = parser().parse_dict(fields)
+    trainer = build_trainer(script_args, training_args, model_args)
+    trainer.train()
+    folder = str(Path(training_args.output_dir) / "model")
+    trainer.save_model(folder)
+    history = list(trainer.state.log_history)
+    del trainer
+    gc.collect()
+    return folder, history, {}
+
+
+def train_star(fields: dict) -> tuple[str | None, list[dict], dict]:
+    """Train one MRT-STaR unit; the model folder is None when no trace was correct (nothing to train on)."""
+    from trl import TrlParser
+
+    from mrt.star import STaRConfig, run
+    from mrt.star_select import NoCorrectTraces
+
+    (star_config,) = TrlParser((STaRConfig,)).parse_dict(fields)
+    try:
+        summaries = run(star_config, progress_bar=False)
+    except NoCorrectTraces as error:
+        return None, [], {"not_trained": str(error)}
+    return star_config.output_dir, [], {"star_summaries": summaries}
+
+
+def weight_change(base: str, trained: str) -> float:
+    """Relative L2 distance of the trained weights to the base's: ||w - w0|| / ||w0|| over the shared tensors."""
+    from safetensors import safe_open
+
+    def tensors(folder):
+        return {f: safe_open(str(f), "pt") for f in sorted(Path(folder).glob("*.safetensors"))}
+
+    base_files, trained_files = tensors(base), tensors(trained)
+    where = {k: h for h in trained_files.values() for k in h.keys()}
+    diff = norm = 0.0
+    for handle in base_files.values():
+        for key in handle.keys():
+            if key in where:
+                w0 = handle.get_tensor(key).double()
+                diff += (where[key].get_tensor(key).double() - w0).pow(2).sum().item()
+                norm += w0.pow(2).sum().item()
+    return (diff / norm) ** 0.5 if norm else float("nan")
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def run_unit(config: CompareConfig, arm: Arm | None, seed: int | None, problems: Path, work: Path,
+             progress_bar: bool = True, on_stage=None) -> dict:
+    """Train (unless base) and evaluate one unit in `work`; its result (without writing it)."""
+    from mrt.compare_report import per_problem
+    from mrt.evaluation import evaluate, load_records
+    from mrt.models import resolve_model
+
+    stage = on_stage or (lambda name: None)
+    start = time.perf_counter()
+    result = {"arm": arm.name if arm else BASE, "seed": seed, "kind": arm.kind if arm else BASE,
+              "config": arm.config if arm else None, "hardware": hardware(), "curves": [], "notes": {}}
+    model = config.model
+    if arm is not None:
+        fields = arm_fields(config, arm, seed, work / "train")
+        model, history, notes = (train_rl if arm.kind == "rl" else train_star)(fields)
+        result["notes"] = notes
+        result["curves"] = [{k: v for k, v in entry.items() if k == "step" or k in CURVE_KEYS
+                             or k.startswith("mrt/")} for entry in history if "step" in entry and "loss" in entry]
+        if model is not None:
+            result["weight_change"] = weight_change(resolve_model(config.model), model)
+    result["seconds_train"] = round(time.perf_counter() - start, 1)
+    stage("trained")
+    if model is None:  # nothing trained: no model to evaluate
+        result["seconds_total"] = result["seconds_train"]
+        return result
+    start_eval = time.perf_counter()
+    evaluation = eval_config(config, model, problems, work / "eval")
+    report = evaluate(evaluation, progress_bar=progress_bar)
+    (summary,) = report["models"].values()
+    records = load_records(Path(summary["records"]), evaluation.fingerprint())
+    result["eval"] = {k: v for k, v in summary.items() if k not in ("model", "records")}
+    result["per_problem"] = per_problem([records[i] for i in sorted(records)], evaluation.budgets,
+                                        evaluation.cutoffs)
+    result["seconds_eval"] = round(time.perf_counter() - start_eval, 1)
+    result["seconds_total"] = round(time.perf_counter() - start, 1)
+    stage("evaluated")
+    return result
+
+
+# ---------------------------------------------------------------- the units on disk
+
+
+def unit_path(config: CompareConfig, unit: str) -> Path:
+    return Path(config.output_dir) / UNITS / f"{unit}.json"
+
+
+def load_unit(path: Path, expected: str) -> dict | None:
+    """A finished unit, or None; a unit made with other settings is an error."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data["fingerprint"] != expected:
+        raise ValueError(f"{path} was made with other settings (fingerprint {data['fingerprint']}, now {expected}): "
+                         "a recipe, an override or the evaluation changed. Delete the file to redo that unit, or "
+                         "use another output_dir.")
+    return data
+
+
+def save_unit(path: Path, data: dict) -> None:
+    """Write under a temporary name, then rename: a unit file on disk is always whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: int | None = None,
+                   on_stage=None) -> dict:
+    """Run every unit not yet finished (at most `max_units` this time), then write the report from every finished
+    unit; returns the report. `on_stage(unit, stage)` is called after 'trained' and 'evaluated'."""
+    from tqdm.auto import tqdm
+
+    from mrt.compare_report import build_report, write_report
+
+    problems = write_held_out(config)
+    ignore = Path(config.output_dir) / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# mrt.compare: commit the units, problems and report; never the work folder\nwork/\n*.tmp\n")
+    plan = [(name, arm, seed, fingerprint(config, arm, seed, problems)) for name, arm, seed in config.units()]
+    done = {name: unit for name, _, _, fp in plan if (unit := load_unit(unit_path(config, name), fp))}
+    todo = [p for p in plan if p[0] not in done]
+    if max_units is not None:
+        todo = todo[:max_units]
+    bar = tqdm(total=len(plan), initial=len(done), desc="units", disable=not progress_bar)
+    for name, arm, seed, fp in todo:
+        bar.set_postfix_str(name)
+        work = Path(config.work_dir) / name
+        shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
+        unit_path(config, name).with_name(f"{name}.json.tmp").unlink(missing_ok=True)
+        stage = (lambda s, name=name: on_stage(name, s)) if on_stage else None
+        result = run_unit(config, arm, seed, problems, work, progress_bar, stage)
+        result.update(unit=name, fingerprint=fp, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        save_unit(unit_path(config, name), result)
+        done[name] = result
+        if not config.keep_models:
+            shutil.rmtree(work, ignore_errors=True)
+        bar.update(1)
+    bar.close()
+    budgets, _ = eval_budgets(config)
+    report = build_report(config.name, [done[name] for name, *_ in plan if name in done],
+                          [a.name for a in config.arms], budgets, training_budget(config),
+                          resamples=config.bootstrap_resamples, seed=config.bootstrap_seed)
+    report["units_planned"], report["units_done"] = len(plan), len(done)
+    write_report(report, config.output_dir)
+    return report

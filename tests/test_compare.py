@@ -1,0 +1,251 @@
+"""The side-by-side comparison (mrt.compare, mrt.compare_report, scripts/compare_methods.py).
+
+The CI smoke runs the real command with --smoke (tiny model, 1 step per arm, 2 problems); a unit interrupted after
+training resumes from nothing and gives the same numbers as one that never stopped; the report's statistics are
+checked on hand-made units."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mrt.compare import Arm, CompareConfig, load_config, load_unit, run_comparison, save_unit, write_held_out
+from mrt.compare_report import build_report, draws, interval, markdown_table, per_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "compare_methods.py"
+CPU_CONFIG = ROOT / "configs" / "compare_smollm2_arithmetic.yaml"
+GPU_CONFIG = ROOT / "configs" / "compare_gpu.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+# Values that are wall-clock timings, not results: they differ between two identical runs.
+TIMINGS = ("seconds", "step_time", "prover_step_share", "finished_at", "hardware")
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the configs name recipes relative to the repository
+
+
+# ---------------------------------------------------------------- the CI smoke
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "compare"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--config", str(CPU_CONFIG), "--smoke", "--output_dir",
+                             str(out), "--no_progress"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, result.stdout
+
+
+def test_smoke_trains_every_arm_evaluates_and_reports(smoke):
+    out, stdout = smoke
+    config = load_config(CPU_CONFIG, smoke=True)
+    names = [name for name, _, _ in config.units()]
+    assert names == ["base", "grpo-seed0", "mrt_dense-seed0", "mrt_branched-seed0", "termination_baseline-seed0",
+                     "mrt_star-seed0"]
+    units = {n: json.loads((out / "units" / f"{n}.json").read_text()) for n in names}
+    for name, unit in units.items():
+        if unit["kind"] != "rl":
+            continue
+        assert len(unit["curves"]) == 1 and unit["curves"][0]["step"] == 1, name  # one step per arm
+        assert unit["weight_change"] > 0, name  # the weights moved, and the trained model was the one evaluated
+        assert unit["per_problem"]["budgets"] == [0, 16, 32, 64]
+        assert len(unit["per_problem"]["accuracy"]) == 2  # two held-out problems
+    assert "mrt/regret" in units["mrt_dense-seed0"]["curves"][0]
+    assert "mrt/regret" not in units["grpo-seed0"]["curves"][0]  # GRPO runs no prover
+    assert "not_trained" in units["mrt_star-seed0"]["notes"]  # a random model writes no correct trace
+    assert "per_problem" not in units["mrt_star-seed0"]
+    assert "per_problem" in units["base"] and "weight_change" not in units["base"]
+
+    report = json.loads((out / "results.json").read_text())
+    assert report["units_done"] == report["units_planned"] == 6
+    assert list(report["arms"]) == ["base", "grpo", "mrt_dense", "mrt_branched", "termination_baseline", "mrt_star"]
+    dense = report["arms"]["mrt_dense"]
+    assert [r["budget"] for r in dense["accuracy"]] == [0, 16, 32, 64]
+    assert all(r["low"] <= r["mean"] <= r["high"] for r in dense["accuracy"] + dense["regret"])
+    assert set(dense["curves"]) == {"reward", "mrt/regret", "completions/mean_length"}
+    assert dense["wall_seconds"]["total"] > 0
+    for name in ("results.csv", "comparison.png", "summary.md", "eval_problems.jsonl", ".gitignore"):
+        assert (out / name).stat().st_size > 0, name
+    assert "| mrt_branched | 1 |" in stdout and "6 of 6 units done" in stdout
+    assert not (out / "work").exists() or not any((out / "work").iterdir())  # models removed after each unit
+
+
+def test_finished_units_are_not_redone(smoke):
+    out, _ = smoke
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")}
+    report = run_comparison(load_config(CPU_CONFIG, smoke=True, output_dir=str(out)), progress_bar=False)
+    assert report["units_done"] == 6
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")} == before
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not any(t in k for t in TIMINGS)}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def test_interrupted_unit_resumes_with_the_same_numbers(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(CPU_CONFIG.read_text())
+    raw["arms"] = {"mrt_dense": raw["arms"]["mrt_dense"]}
+    recipe = tmp_path / "compare.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    whole = run_comparison(load_config(recipe, smoke=True, output_dir=str(tmp_path / "whole")), progress_bar=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(unit, stage):
+        if unit == "mrt_dense-seed0" and stage == "trained":
+            raise Killed
+
+    config = load_config(recipe, smoke=True, output_dir=str(tmp_path / "resumed"))
+    with pytest.raises(Killed):
+        run_comparison(config, progress_bar=False, on_stage=kill)
+    units = tmp_path / "resumed" / "units"
+    assert (units / "base.json").exists() and not (units / "mrt_dense-seed0.json").exists()
+    assert any((tmp_path / "resumed" / "work" / "mrt_dense-seed0").iterdir())  # the partial unit's trained model
+    (units / "mrt_dense-seed0.json.tmp").write_text('{"cut sho')  # as if killed while writing
+    resumed = run_comparison(config, progress_bar=False)
+
+    assert not (units / "mrt_dense-seed0.json.tmp").exists()
+    a = json.loads((tmp_path / "whole" / "units" / "mrt_dense-seed0.json").read_text())
+    b = json.loads((units / "mrt_dense-seed0.json").read_text())
+    assert a["weight_change"] > 0
+    assert _without_timings(a) == _without_timings(b)
+    assert _without_timings(whole["arms"]) == _without_timings(resumed["arms"])
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_cpu_testbed_meets_the_issue_floor():
+    config = load_config(CPU_CONFIG)
+    arms = {a.name: a for a in config.arms}
+    assert {"grpo", "mrt_dense", "mrt_branched"} <= set(arms)
+    assert len(config.seeds) >= 3
+    assert config.evaluation["num_problems"] >= 64 and config.evaluation["num_samples"] >= 4
+    assert config.model == "smollm2-135m" and config.budget_multiples == [1, 2, 4]
+    assert arms["grpo"].overrides["alpha"] == 0
+
+
+def test_gpu_config_loads_with_bf16_and_longer_completions():
+    from mrt.compare import arm_fields, eval_budgets
+
+    config = load_config(GPU_CONFIG)
+    assert eval_budgets(config) == ([0, 256, 512, 1024], 1024)
+    fields = arm_fields(config, config.arms[0], 0, "out")
+    assert fields["bf16"] is True and fields["use_cpu"] is False and fields["dtype"] == "bfloat16"
+    assert config.evaluation["dtype"] == "bfloat16"
+
+
+def test_held_out_problems_are_never_trained_on(tmp_path):
+    from mrt.compare import arm_fields
+    from mrt.data import load_problems
+
+    config = load_config(CPU_CONFIG, output_dir=str(tmp_path))
+    rows = [json.loads(line) for line in write_held_out(config).read_text().splitlines()]
+    problems = [r["problem"] for r in rows]
+    assert len(problems) == 64 == len(set(problems))
+    for arm in config.arms:
+        for seed in config.seeds:
+            f = arm_fields(config, arm, seed, "x")
+            trained = set(load_problems(f["dataset_name"], num_problems=f["num_train_problems"], seed=seed)["problem"])
+            assert not trained & set(problems), (arm.name, seed)
+
+
+def test_bad_settings_name_the_field(tmp_path):
+    arm = {"name": "a", "config": "configs/mrt_smollm2_arithmetic.yaml"}
+    with pytest.raises(ValueError, match=r"CompareConfig\.arms"):
+        CompareConfig(arms=[arm, arm])
+    with pytest.raises(ValueError, match=r"CompareConfig\.evaluation"):
+        CompareConfig(arms=[arm], evaluation={"max_tokens": 64})
+    with pytest.raises(ValueError, match=r"Arm\.name"):
+        Arm(name="base", config="x.yaml")
+    with pytest.raises(ValueError, match=r"Arm\.kind"):
+        Arm(name="a", config="x.yaml", kind="sft")
+    other = {"name": "b", "config": "configs/mrt_smollm2_arithmetic.yaml", "overrides": {"max_completion_length": 32}}
+    from mrt.compare import training_budget
+
+    with pytest.raises(ValueError, match=r"CompareConfig\.train.*one max_completion_length"):
+        training_budget(CompareConfig(arms=[arm, other]))
+
+
+def test_a_unit_made_with_other_settings_is_refused(tmp_path):
+    path = tmp_path / "units" / "x.json"
+    save_unit(path, {"fingerprint": "aaa"})
+    assert load_unit(path, "aaa") == {"fingerprint": "aaa"}
+    assert load_unit(tmp_path / "missing.json", "aaa") is None
+    with pytest.raises(ValueError, match="Delete the file"):
+        load_unit(path, "bbb")
+
+
+# ---------------------------------------------------------------- the report (pure)
+
+
+def _completion(budget_accuracy, j_values, j_tokens, tokens, outcome=1.0):
+    return {"budget_accuracy": budget_accuracy, "j_values": j_values, "j_tokens": j_tokens, "tokens": tokens,
+            "outcome": outcome, "finished": True}
+
+
+def test_per_problem_means_over_scorable_completions():
+    records = [{"index": 0, "completions": [_completion([0.0, 1.0], [0.0, 1.0], [0, 10], 10),
+                                            _completion([0.0, 0.0], [0.0, 0.0], [0, 20], 20, outcome=0.0),
+                                            _completion([None, 1.0], [0.0, 1.0], [0, 30], 30)]},
+               {"index": 1, "completions": [_completion([None, 1.0], [0.0, 1.0], [0, 10], 10)]}]
+    table = per_problem(records, [0, 20], [20])
+    assert table["accuracy"] == [[0.0, 0.5], [None, None]]
+    assert table["outcome"] == [0.5, None]
+    assert table["tokens"] == [20.0, 10.0]  # every completion's length counts
+    # J rises linearly to 1 at 10 tokens, then stays: area 5 + 10 of 20 -> regret 0.25; a curve at 0: regret 1.
+    assert table["regret"] == [[pytest.approx((0.25 + 1.0) / 2)], [None]]
+
+
+def _unit(arm, seed, accuracy, tokens=10.0, seconds=5.0):
+    """A finished unit whose problems all have the accuracies `accuracy` (one list per problem) at budgets 0, 8, 16."""
+    return {"arm": arm, "seed": seed, "kind": "rl", "notes": {}, "seconds_train": seconds, "seconds_total": seconds,
+            "curves": [{"step": 1, "reward": 0.5}],
+            "per_problem": {"budgets": [0, 8, 16], "cutoffs": [8, 16], "accuracy": accuracy,
+                            "regret": [[1 - a[1], 1 - a[2]] for a in accuracy], "outcome": [a[2] for a in accuracy],
+                            "tokens": [tokens] * len(accuracy)}}
+
+
+def test_bootstrap_is_seeded_and_collapses_without_variation():
+    assert all((a == b).all() for x, y in zip(draws(3, 5, 20, 7), draws(3, 5, 20, 7)) for a, b in zip(x, y))
+    import numpy as np
+
+    values = np.full((3, 5, 2), 0.25)
+    point, low, high = interval(values, lambda v: v.reshape(-1, 2).mean(axis=0), draws(3, 5, 50, 0))
+    assert list(point) == list(low) == list(high) == [0.25, 0.25]
+
+
+def test_report_intervals_targets_and_table():
+    base = {**_unit("base", None, [[0.0, 0.5, 0.5]] * 4), "kind": "base"}
+    strong = [_unit("mrt", s, [[0.0, 0.5, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.5, 1.0]]) for s in (0, 1)]
+    weak = [_unit("grpo", s, [[0.0, 0.0, 0.0], [0.0, 0.25, 0.25]] * 2) for s in (0, 1)]
+    report = build_report("t", [base, *weak, *strong], ["grpo", "mrt"], [0, 8, 16], 8, resamples=200, seed=1)
+    assert report["base_best_accuracy"] == report["target_accuracy"] == 0.5
+    mrt, grpo = report["arms"]["mrt"], report["arms"]["grpo"]
+    assert [r["mean"] for r in mrt["accuracy"]] == [0.0, 0.5, 1.0]
+    at8 = mrt["accuracy"][1]
+    assert at8["low"] < 0.5 < at8["high"]  # problems differ at 8 tokens: a real interval
+    assert mrt["accuracy"][2]["low"] == mrt["accuracy"][2]["high"] == 1.0
+    assert mrt["tokens_to_base_best"]["mean"] == pytest.approx(8.0)
+    assert grpo["tokens_to_base_best"]["never"] is True
+    assert grpo["curves"]["reward"] == [{"step": 1, "mean": 0.5, "min": 0.5, "max": 0.5, "n_seeds": 2}]
+    assert grpo["wall_seconds"]["total"] == 10.0
+    table = markdown_table(report)
+    assert "| mrt | 2 | 0.500 [" in table and "| never |" in table
+    assert table.splitlines()[0].startswith("| arm | seeds | acc@1x (8) | acc@2x (16) |")
+    assert math.isclose(report["arms"]["base"]["accuracy"][1]["mean"], 0.5)
