@@ -127,6 +127,9 @@ def load_config(path: str | os.PathLike, smoke: bool = False, output_dir: str | 
     arms = raw.pop("arms", {}) or {}
     _check(isinstance(arms, dict), "arms", arms, "a mapping of arm name: {config, kind, overrides}")
     raw["arms"] = [{"name": name, **(spec or {})} for name, spec in arms.items()]
+    for arm in raw["arms"]:
+        if "config" in arm:
+            arm["config"] = _find_recipe(str(arm["config"]), Path(path))
     if smoke:
         from mrt.models import tiny_model_folder
 
@@ -148,6 +151,19 @@ def load_config(path: str | os.PathLike, smoke: bool = False, output_dir: str | 
     unknown = set(raw) - set(CompareConfig.__dataclass_fields__)
     _check(not unknown, "fields", sorted(unknown), f"known fields: {sorted(CompareConfig.__dataclass_fields__)}")
     return CompareConfig(**raw)
+
+
+def _find_recipe(name: str, compare_file: Path) -> str:
+    """A recipe path as written (relative to the working directory), else relative to the comparison file's folder
+    or the folder above it (configs/ inside a repository)."""
+    if Path(name).is_absolute() or Path(name).exists():
+        return name
+    here = compare_file.resolve().parent
+    for folder in (here, here.parent):
+        if (folder / name).exists():
+            return str(folder / name)
+    raise FileNotFoundError(f"Training recipe {name!r} (in {compare_file}) not found in the working directory, "
+                            f"{here} or {here.parent}; give a path relative to one of them.")
 
 
 # ---------------------------------------------------------------- what each unit trains
