@@ -134,3 +134,15 @@ def test_likelihood_rates_leave_requests_without_gold_unscored(trainer):
                                                       [{"answer": "12"}, {"answer": None}], lengths=[[0], [0]])
     rates = estimate.rates
     assert rates[0] is not None and 0.0 < rates[0] < 1.0 and rates[1] is None
+
+
+def test_chunks_are_cut_between_groups_not_inside_a_completion_s_prefixes():
+    from mrt.prover.transformers_policy import token_order_chunks
+
+    group_a = [[1, 2, 3, 4, 5, k] for k in range(3)]  # three prefixes of one completion
+    group_b = [[1, 9, 9, 9, k] for k in range(3)]
+    prompts = [group_b[0], group_a[0], group_b[1], group_a[1], group_b[2], group_a[2]]
+    parts = token_order_chunks(prompts, 4)
+    assert [sorted(prompts[i][1] for i in part) for part in parts] == [[2, 2, 2], [9, 9, 9]]
+    assert sorted(i for part in parts for i in part) == list(range(6))
+    assert all(len(part) <= 2 for part in token_order_chunks(prompts, 2))

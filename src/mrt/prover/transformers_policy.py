@@ -9,7 +9,7 @@ from transformers import DynamicCache, GenerationConfig, StoppingCriteria, Stopp
 from transformers.cache_utils import DynamicLayer
 from trl.models.utils import unwrap_model_for_generation
 
-from mrt.prover.base import check_answers, chunks, cut_at_eos, eos_ids
+from mrt.prover.base import check_answers, cut_at_eos, eos_ids
 from mrt.prover.scoring import max_over_ranks
 
 
@@ -111,10 +111,9 @@ class TransformersProver:
         return self.tokenizer.pad_token_id
 
     def _in_chunks(self, prompts: list[list[int]], per_call: int, call) -> list:
-        """`call(model, indices)` over chunks of prompts in token order, inside one model context; results in
-        input order. `call(model, None)` is the dummy call of a rank that has run out of chunks."""
-        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
-        parts = chunks(order, per_call)
+        """`call(model, indices)` over chunks of prompts (`token_order_chunks`), inside one model context; results
+        in input order. `call(model, None)` is the dummy call of a rank that has run out of chunks."""
+        parts = token_order_chunks(prompts, per_call)
         calls = max_over_ranks(len(parts), self.accelerator)
         results: list = [None] * len(prompts)
         with self.model_context() as model:
@@ -239,7 +238,36 @@ class TransformersProver:
         return [row[-size:].sum().item() for row, size in zip(logps, answer_sizes)]
 
 
-LEVELS = 3  # prefill passes: a group's prompt, each completion, each episode prefix's suffix
+LEVELS = 4  # prefill passes: a group's prompt, completions (one may branch off another), each prefix's suffix
+
+
+CUT_SLACK = 8  # tokens: cut positions this close to the loosest one count as group boundaries too
+
+
+def token_order_chunks(prompts: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Indices of the prompts in chunks of at most `size`, in token order, each cut where two neighbours share the
+    fewest leading tokens: the prefixes of one completion (and the completions of one prompt) stay together when
+    they fit, so their shared tokens are read once."""
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    shared = [0] + [_common(prompts[a], prompts[b]) for a, b in zip(order, order[1:])]
+    parts, start = [], 0
+    while start < len(order):
+        end = min(start + size, len(order))
+        if end < len(order):  # cut before the last position (within this chunk) about as loosely tied as the least
+            least = min(shared[start + 1:end + 1])
+            end = max(k for k in range(start + 1, end + 1) if shared[k] <= least + CUT_SLACK)
+        parts.append(order[start:end])
+        start = end
+    return parts
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def prefix_tree(prompts: Sequence[Sequence[int]], levels: int = LEVELS) -> tuple[list, list[int], list[int]]:
