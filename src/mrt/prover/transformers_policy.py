@@ -241,7 +241,7 @@ class TransformersProver:
 LEVELS = 4  # prefill passes: a group's prompt, completions (one may branch off another), each prefix's suffix
 
 
-CUT_SLACK = 8  # tokens: cut positions this close to the loosest one count as group boundaries too
+CUT_SLACK = 8  # cut positions within 1/8 of the loosest one's shared tokens count as group boundaries too
 
 
 def token_order_chunks(prompts: Sequence[Sequence[int]], size: int) -> list[list[int]]:
@@ -255,7 +255,7 @@ def token_order_chunks(prompts: Sequence[Sequence[int]], size: int) -> list[list
         end = min(start + size, len(order))
         if end < len(order):  # cut before the last position (within this chunk) about as loosely tied as the least
             least = min(shared[start + 1:end + 1])
-            end = max(k for k in range(start + 1, end + 1) if shared[k] <= least + CUT_SLACK)
+            end = max(k for k in range(start + 1, end + 1) if shared[k] <= least + least // CUT_SLACK)
         parts.append(order[start:end])
         start = end
     return parts
