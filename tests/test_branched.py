@@ -1,8 +1,14 @@
 """progress_mode='branched' (issue 12): cuts, prefixes, the store, the advantage, and training runs."""
 
+import json
 import math
 import os
 import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 # Read when vLLM is imported (through TRL): the colocated-engine test's CPU settings (see tests/test_prover_vllm.py).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -10,14 +16,16 @@ os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-from mrt import MRTConfig  # noqa: E402
+from mrt import MRTConfig, MRTTrainer  # noqa: E402
 from mrt.branched import (  # noqa: E402
     PrefixStore,
     branched_advantages,
     check_prefix_column,
     choose_cut,
+    cut_at_stop,
     cut_prefix,
     cut_rng,
     parse_prefixes,
@@ -28,7 +36,18 @@ from mrt.branched import (  # noqa: E402
     rollout_updates,
     terminating_mask,
 )
+from mrt.cli import parser  # noqa: E402
+from mrt.data import arithmetic_dataset, load_problems  # noqa: E402
 from mrt.episodes import EpisodeRules  # noqa: E402
+from mrt.generation import make_generator  # noqa: E402
+from mrt.prefix_data import write_prefixes  # noqa: E402
+from mrt.prover import prover_prompt  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def config(**kwargs):
@@ -293,10 +312,6 @@ def test_prefix_store_round_trip(tmp_path):
 
 
 def test_write_prefixes_resumes_and_gives_a_dataset_the_trainer_accepts(tiny_model_path, tmp_path):
-    from mrt.data import load_problems
-    from mrt.generation import make_generator
-    from mrt.prefix_data import write_prefixes
-
     problems = load_problems("arithmetic", num_problems=3, seed=0)
     generator = make_generator(tiny_model_path, backend="transformers")
     out = tmp_path / "prefixes.jsonl"
@@ -322,14 +337,6 @@ def test_write_prefixes_resumes_and_gives_a_dataset_the_trainer_accepts(tiny_mod
 
 
 def test_make_prefixes_script_reads_a_training_config(tiny_model_path, tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
-
     config_file = tmp_path / "branched.yaml"
     config_file.write_text(yaml.safe_dump({
         "model_name_or_path": tiny_model_path, "dataset_name": "arithmetic", "num_train_problems": 2,
@@ -353,10 +360,6 @@ def test_make_prefixes_script_reads_a_training_config(tiny_model_path, tmp_path)
 
 @pytest.mark.parametrize("model", ["deepscaler_1.5b", "r1_distill_qwen_1.5b"])
 def test_branched_gpu_recipes_differ_from_the_dense_ones_only_in_the_mode(model):
-    from pathlib import Path
-
-    from mrt.cli import parser
-
     def parse(name):
         path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
         parsed = parser().parse_args_and_config(args=["--config", str(path), "--bf16", "false", "--use_cpu", "true"])
@@ -371,10 +374,6 @@ def test_branched_gpu_recipes_differ_from_the_dense_ones_only_in_the_mode(model)
 
 
 def test_branched_cpu_config_sees_every_problem_more_than_once():
-    from pathlib import Path
-
-    from mrt.cli import parser
-
     path = Path(__file__).resolve().parents[1] / "configs" / "mrt_branched_smollm2_arithmetic.yaml"
     script, args, _ = parser().parse_args_and_config(args=["--config", str(path)])
     assert args.progress_mode == "branched" and args.prefix_source == "rollouts" and args.use_cpu
@@ -442,7 +441,6 @@ def parity_reward(completions, **kwargs):
 
 class Recording:
     """Keeps every generation batch's inputs and output (a subclass hook, not a mock: training runs as usual)."""
-
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         self.batches.append((inputs, {k: v.clone() if torch.is_tensor(v) else v for k, v in output.items()},
@@ -455,8 +453,6 @@ class Recording:
 
 
 def branched_trainer(model_path, dataset, tmp_path, **overrides):
-    from mrt import MRTTrainer
-
     class RecordingTrainer(Recording, MRTTrainer):
         batches: list
         _last_plan = None
@@ -476,7 +472,6 @@ def branched_trainer(model_path, dataset, tmp_path, **overrides):
 
 def check_batches(trainer, conversational: bool):
     tok, suffix = trainer._tokenizer, trainer.branch_suffix
-    from mrt.prover import prover_prompt
 
     branched_rows = 0
     for inputs, output, plan in trainer.batches:
@@ -501,8 +496,6 @@ def check_batches(trainer, conversational: bool):
 
 
 def test_branched_training_from_rollouts_conversational(tiny_model_path, tmp_path):
-    from mrt.data import load_problems
-
     trainer = branched_trainer(tiny_model_path, load_problems("arithmetic", num_problems=2, seed=0), tmp_path)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
@@ -539,8 +532,6 @@ def test_a_missing_prefix_column_stops_the_trainer_at_start(tiny_model_path, tmp
 
 
 def test_resume_keeps_the_prefix_store(tiny_model_path, tmp_path):
-    from mrt.data import load_problems
-
     data = load_problems("arithmetic", num_problems=2, seed=0)
     trainer = branched_trainer(tiny_model_path, data, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
     trainer.train()
@@ -559,16 +550,6 @@ def test_resume_keeps_the_prefix_store(tiny_model_path, tmp_path):
 
 
 def launch_two_ranks(tmp, model_path, name, *args):
-    import json
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
-
     pytest.importorskip("deepspeed")
     root = Path(__file__).resolve().parents[1]
     accelerate = Path(sys.executable).with_name("accelerate")
@@ -585,9 +566,7 @@ def launch_two_ranks(tmp, model_path, name, *args):
                   ds3_gather_for_generation=False)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp / name / "probe"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MRT_PROBE_DIR": str(out),
            "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -636,8 +615,6 @@ def test_two_zero3_ranks_share_the_store_and_resume_it(tiny_model_path, tmp_path
 
 
 def test_cut_at_stop_keeps_the_token_that_completes_the_stop_string(tokenizer):
-    from mrt.branched import cut_at_stop
-
     ids = tokenizer("12}$ and then more text", add_special_tokens=False)["input_ids"]
     cut = cut_at_stop(ids, tokenizer, ["}"])
     assert tokenizer.decode(cut) == "12}$"  # "}$" is one token: it holds the stop string and is kept
@@ -651,13 +628,7 @@ def test_cut_at_stop_keeps_the_token_that_completes_the_stop_string(tokenizer):
 @pytest.mark.slow
 def test_branched_with_the_colocated_vllm_engine(smollm2_path, tmp_path, monkeypatch):
     """Both halves through TRL's colocated vllm.LLM: the terminating one with mu's budget and stop strings."""
-    import json
-    from pathlib import Path
-
     pytest.importorskip("vllm")
-    from mrt import MRTTrainer
-    from mrt.data import arithmetic_dataset
-    from mrt.vllm_server import free_port
 
     for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                             MASTER_PORT=str(free_port())).items():
