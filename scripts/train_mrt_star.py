@@ -12,6 +12,7 @@ resume: finished problems and iterations are kept.
 import logging
 import sys
 
+from accelerate import PartialState
 from trl import TrlParser
 
 from mrt.star import STaRConfig, run
@@ -25,6 +26,8 @@ def main(config: STaRConfig) -> list[dict]:
     except NoCorrectTraces as error:
         print(error, file=sys.stderr)
         sys.exit(2)
+    if not PartialState().is_main_process:
+        return summaries
     for s in summaries:
         print(f"iteration {s['iteration']}: {s['traces_generated']} traces generated, {s['traces_correct']} correct, "
               f"{s['traces_kept']} kept ({s['traces_cut']} cut); mean tokens {s['mean_tokens_generated']:.1f} "

@@ -301,3 +301,37 @@ def test_script_trains_and_eval_mrt_loads_the_model(tiny_model_path, tmp_path):
     assert evaluation.returncode == 0, evaluation.stderr[-4000:]
     (model,) = json.loads((tmp_path / "eval" / "results.json").read_text())["models"].values()
     assert model["model"] == str(out) and model["num_completions"] == 2
+
+
+def test_two_zero3_ranks_share_the_problems(tiny_model_path, tmp_path):
+    """`accelerate launch` with 2 DeepSpeed ZeRO-3 CPU ranks: each rank generates and scores its own batches on a
+    whole copy of the model, both select the same data, SFT runs sharded and saves one gathered model folder."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.exists():
+        pytest.skip("accelerate CLI not installed beside this python")
+    out = tmp_path / "star"
+    command = [str(accelerate), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "zero3_cpu_2proc.yaml"),
+               str(ROOT / "scripts" / "train_mrt_star.py"), "--config",
+               str(ROOT / "configs" / "mrt_star_smollm2_arithmetic.yaml"), "--model_name_or_path", tiny_model_path,
+               "--num_train_problems", "6", "--problems_per_batch", "2", "--max_completion_length", "8",
+               "--num_generations", "2", "--prover_num_samples", "2", "--prover_max_tokens", "3",
+               "--generation_backend", "transformers", "--min_reward", "0", "--learning_rate", "1e-3",
+               "--per_device_train_batch_size", "2", "--output_dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = lambda name: (out / "iter-1" / name).read_text().count("\n")  # noqa: E731
+    # Batches 0 and 2 on rank 0, batch 1 on rank 1; every problem scored once; one selection.
+    assert (lines("traces-rank0.jsonl"), lines("traces-rank1.jsonl")) == (4, 2)
+    assert (lines("scores-rank0.jsonl"), lines("scores-rank1.jsonl")) == (4, 2)
+    assert lines("selected.jsonl") == 6 and result.stdout.count("traces generated") == 1
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    assert any(not torch.equal(a, b) for a, b in zip(base.parameters(), trained.parameters()))

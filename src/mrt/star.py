@@ -225,18 +225,19 @@ def _state():
 
 
 def load_part(folder: Path, part: str, fingerprint: str) -> dict[int, dict]:
-    """Every rank's finished records of one part ('traces' or 'scores'), by problem index. The main process first
-    drops a last line cut short by a kill; then every rank reads all files (nobody writes while they read)."""
+    """Every rank's finished records of one part ('traces' or 'scores'), by problem index. Once every rank has
+    stopped writing, the main process drops any last line cut short by a kill; then every rank reads all files, and
+    no rank writes again before all have read."""
     from mrt.evaluation import load_records
 
     state = _state()
-    paths = sorted(folder.glob(f"{part}-rank*.jsonl"))
+    state.wait_for_everyone()
     if state.is_main_process:
-        for path in paths:
+        for path in sorted(folder.glob(f"{part}-rank*.jsonl")):
             load_records(path, fingerprint)
     state.wait_for_everyone()
     records: dict[int, dict] = {}
-    for path in paths:
+    for path in sorted(folder.glob(f"{part}-rank*.jsonl")):
         records.update(load_records(path, fingerprint))
     state.wait_for_everyone()
     return records
@@ -443,9 +444,10 @@ def make_mu(config: STaRConfig, generator):
 
 
 @contextmanager
-def _full_copy():
-    """Load the generator's own whole model: under `accelerate launch` with ZeRO-3, transformers would shard a model
-    loaded while the trainer's DeepSpeed config is registered, and every rank generates on its own problems."""
+def _without_zero3():
+    """Generation and scoring on every rank's own whole copy of the model. Under `accelerate launch` with ZeRO-3,
+    while the trainer's DeepSpeed config is registered, transformers would shard a model it loads and would make
+    `generate` wait for the other ranks at every token (synced_gpus); each rank works on its own problems."""
     from transformers.integrations import deepspeed as hf_deepspeed
 
     ref = hf_deepspeed._hf_deepspeed_config_weak_ref  # set by TrainingArguments under a DeepSpeed config
@@ -473,25 +475,26 @@ def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Prob
     folder.mkdir(parents=True, exist_ok=True)
     seed = config.seed * 1_000_003 + iteration * 100_003
     start = time.perf_counter()
-    with _full_copy():
+    with _without_zero3():
         generator = make_generator(model, backend=config.generation_backend, dtype=config.dtype,
                                    batch_size=config.generation_batch_size, seed=config.seed)
-    try:
-        tokenizer = generator.tokenizer
-        tag = resolve_thinking_tag(config.end_of_thinking_tag, tokenizer)
-        suffix = make_suffix(tokenizer, config.termination_suffix, tag)
-        traces = generate_traces(config, generator, problems, folder, config.fingerprint(model, iteration, "traces"),
-                                 seed, progress_bar)
-        seconds_generate = time.perf_counter() - start
-        temperature = config.temperature if config.prover_temperature is None else config.prover_temperature
-        estimator = ProgressEstimator(make_mu(config, generator), tokenizer, config.episode_rules(tag), suffix, scorer,
-                                      config.prover_num_samples, config.prover_max_tokens, temperature,
-                                      config.prover_stop, answer_column=config.answer_column)
-        scores = score_traces(config, estimator, scorer, problems, traces, folder,
-                              config.fingerprint(model, iteration, "scores"), seed + 50_000, progress_bar)
-    finally:
-        generator.close()
+        try:
+            tokenizer = generator.tokenizer
+            tag = resolve_thinking_tag(config.end_of_thinking_tag, tokenizer)
+            suffix = make_suffix(tokenizer, config.termination_suffix, tag)
+            traces = generate_traces(config, generator, problems, folder,
+                                     config.fingerprint(model, iteration, "traces"), seed, progress_bar)
+            seconds_generate = time.perf_counter() - start
+            temperature = config.temperature if config.prover_temperature is None else config.prover_temperature
+            estimator = ProgressEstimator(make_mu(config, generator), tokenizer, config.episode_rules(tag), suffix,
+                                          scorer, config.prover_num_samples, config.prover_max_tokens, temperature,
+                                          config.prover_stop, answer_column=config.answer_column)
+            scores = score_traces(config, estimator, scorer, problems, traces, folder,
+                                  config.fingerprint(model, iteration, "scores"), seed + 50_000, progress_bar)
+        finally:
+            generator.close()
     examples, summary = select_examples(config, problems, traces, scores, tokenizer, suffix)
+    _check_same_on_every_rank(examples, folder)
     summary.update(iteration=iteration, model=model, seconds_generate_and_score=round(time.perf_counter() - start, 1),
                    seconds_generate=round(seconds_generate, 1))
     if _state().is_main_process:
@@ -499,6 +502,19 @@ def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Prob
         (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     check_not_empty(summary, iteration, len(problems.skipped))
     return examples, summary
+
+
+def _check_same_on_every_rank(examples: list[dict], folder: Path) -> None:
+    """Every rank must train on the same examples, or the ranks' SFT steps fall out of step and hang."""
+    state = _state()
+    if state.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    digest = hashlib.sha1(json.dumps([e["completion_ids"] for e in examples]).encode()).hexdigest()
+    if len(set(gather_object([digest]))) > 1:
+        raise RuntimeError(f"MRT-STaR: the ranks selected different training examples from the records in {folder}; "
+                           "all ranks must see the same files (a shared file system). Nothing was trained.")
 
 
 def run(config: STaRConfig, reward_funcs=None, reward_weights=None, progress_bar: bool = True) -> list[dict]:
