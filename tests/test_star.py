@@ -262,15 +262,24 @@ def test_one_iteration_cuts_trains_and_saves(tiny_model_path, tmp_path):
 
 
 def test_no_correct_trace_stops_before_training(tiny_model_path, tmp_path):
-    from mrt.star import DONE, run
+    import json
 
-    config = small_config(tmp_path, tiny_model_path, num_train_problems=2)
-    with pytest.raises(NoCorrectTraces, match=r"2 problems scored \(0 skipped: unparsable gold\), 4 traces generated, "
+    from mrt.star import DONE, load_star_problems, run
+
+    data = tmp_path / "problems.jsonl"
+    rows = [{"problem": "What is 2 + 2?", "answer": "4"}, {"problem": "What is half?", "answer": "\\frac{1}{"},
+            {"problem": "What is 3 + 3?", "answer": "6"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = small_config(tmp_path, tiny_model_path, dataset_name=str(data), num_train_problems=None)
+    problems = load_star_problems(config)
+    assert problems.usable == [0, 2] and problems.skipped == [1]  # a gold that does not parse
+    with pytest.raises(NoCorrectTraces, match=r"2 problems scored \(1 skipped: unparsable gold\), 4 traces generated, "
                                               r"0 correct"):
         run(config, progress_bar=False)  # a random model never answers right
     out = Path(config.output_dir)
-    assert (out / "iter-1" / "summary.json").exists() and not (out / DONE).exists()
-    assert not (out / "model.safetensors").exists()
+    summary = json.loads((out / "iter-1" / "summary.json").read_text())
+    assert summary["problems_skipped_unparsable_gold"] == 1 and summary["traces_kept"] == 0
+    assert not (out / DONE).exists() and not (out / "model.safetensors").exists()  # nothing trained
 
 
 def test_script_trains_and_eval_mrt_loads_the_model(tiny_model_path, tmp_path):

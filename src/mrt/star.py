@@ -90,7 +90,8 @@ class STaRConfig(SFTConfig):
     prover_stop: list[str] | None = field(default=None, metadata={
         "help": "Stop strings of mu, e.g. ['}'] with the 'boxed' suffix and integer answers."})
     prover_batch_size: int = field(default=64, metadata={
-        "help": "Sequences per prover generate call (transformers) or per request (server)."})
+        "help": "prover='server': sequences per request. (With 'policy', mu shares the generation engine and its "
+                "generation_batch_size.)"})
     prover_server_url: str = field(default="http://localhost:8000/v1", metadata={
         "help": "prover='server': base URL of the OpenAI-compatible vLLM server that serves mu."})
     prover_model: str | None = field(default=None, metadata={
@@ -267,21 +268,24 @@ def generate_traces(config: STaRConfig, generator, problems: Problems, folder: P
     from mrt.evaluation import append_record, prompt_ids
 
     done = load_part(folder, "traces", fingerprint)
+    for i, record in done.items():
+        if i >= len(problems.rows) or record["problem"] != problems.rows[i][config.problem_column]:
+            raise ValueError(f"{folder}: the records of problem {i} belong to another dataset; use another "
+                             "output_dir or delete that folder.")
     path = folder / f"traces-rank{_state().process_index}.jsonl"
     mine = _my_batches(config, problems)
     bar, written = _bar("generate", mine, done, progress_bar), 0
     for k, batch in mine:
         if all(i in done for i in batch):
             continue
+        if stop_after is not None and written >= stop_after:
+            break
         prompts = [prompt_ids(generator.tokenizer, problems.rows[i]["prompt"]) for i in batch]
         samples = generator.generate(prompts, config.num_generations, config.max_completion_length,
                                      config.temperature, None, seed + k)
         for i, ids, group in zip(batch, prompts, samples, strict=True):
-            if i in done:
+            if i in done or (stop_after is not None and written >= stop_after):
                 continue
-            if stop_after is not None and written >= stop_after:
-                bar.close()
-                return load_part(folder, "traces", fingerprint)
             done[i] = {"fingerprint": fingerprint, "index": i, "problem": problems.rows[i][config.problem_column],
                        "prompt_ids": ids,
                        "traces": [{"ids": s.ids, "text": s.text, "finished": s.finished} for s in group]}
@@ -290,6 +294,72 @@ def generate_traces(config: STaRConfig, generator, problems: Problems, folder: P
             bar.update(1)
     bar.close()
     return load_part(folder, "traces", fingerprint)
+
+
+# ---------------------------------------------------------------- score
+
+
+def score_traces(config: STaRConfig, estimator, scorer, problems: Problems, traces: dict[int, dict], folder: Path,
+                 fingerprint: str, seed: int, progress_bar: bool = True) -> dict[int, dict]:
+    """J curve of every trace: J_0..J_{H-1} from mu (one `estimator.estimate` call per batch), J_H = the trace's own
+    reward from `scorer`; per prefix, one of mu's best answers (what a cut trace ends with). Appended per problem to
+    `folder/scores-rank<r>.jsonl`. Returns every rank's records by problem index."""
+    from mrt.evaluation import append_record
+    from mrt.prover import as_completion
+
+    done = load_part(folder, "scores", fingerprint)
+    path = folder / f"scores-rank{_state().process_index}.jsonl"
+    mine = _my_batches(config, problems)
+    bar = _bar("score", mine, done, progress_bar)
+    for k, batch in mine:
+        todo = [i for i in batch if i not in done]
+        if not todo:
+            continue
+        owners = [(i, t) for i in todo for t in range(len(traces[i]["traces"]))]
+        rows = [problems.rows[i] for i, _ in owners]
+        prompts = [row["prompt"] for row in rows]
+        prompt_ids = [traces[i]["prompt_ids"] for i, _ in owners]
+        completion_ids = [traces[i]["traces"][t]["ids"] for i, t in owners]
+        completions = [as_completion(traces[i]["traces"][t]["text"], isinstance(p, list))
+                       for (i, t), p in zip(owners, prompts)]
+        outcomes = scorer(prompts, completions, completion_ids, rows)
+        estimate = estimator.estimate(prompt_ids, completion_ids, prompts, rows, outcomes=outcomes, seed=seed + k)
+        scored: dict[int, list[dict]] = {i: [] for i in todo}
+        for n, (i, t) in enumerate(owners):
+            best = [_best_answer(estimate.samples[r], estimate.sample_scores[r]) for r in estimate.requests.index[n]]
+            scored[i].append({
+                "tokens": len(completion_ids[n]), "outcome": outcomes[n], "episode_ends": estimate.ends[n],
+                "j_tokens": [*estimate.lengths[n], len(completion_ids[n])], "j_values": estimate.j[n],
+                "answer_scores": [s for _, s in best], "answers": [a for a, _ in best]})
+        for i in todo:
+            done[i] = {"fingerprint": fingerprint, "index": i, "traces": scored[i]}
+            append_record(path, done[i])
+            bar.update(1)
+    bar.close()
+    return load_part(folder, "scores", fingerprint)
+
+
+def _best_answer(samples: list[list[int]], scores: list[float | None]) -> tuple[list[int] | None, float | None]:
+    """mu's first highest-scoring sample from one prefix and its score; (None, None) when none could be scored."""
+    known = [(s, -n) for n, s in enumerate(scores) if s is not None]
+    if not known:
+        return None, None
+    score, n = max(known)
+    return list(samples[-n]), score
+
+
+def make_mu(config: STaRConfig, generator):
+    """mu: the model being improved through the generation engine (`prover: policy`), or a frozen server."""
+    if config.prover == "server":
+        import os
+
+        from mrt.prover.server import ServerProver  # needs the `openai` package (the `server` extra)
+
+        return ServerProver(config.prover_server_url, generator.tokenizer, model=config.prover_model,
+                            timeout=config.prover_timeout, max_retries=config.prover_max_retries,
+                            requests_per_call=config.prover_batch_size,
+                            api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"))
+    return generator.prover  # the model being improved, through its own engine (mrt.generation)
 
 
 # ---------------------------------------------------------------- select
@@ -372,72 +442,6 @@ def train_sft(config: STaRConfig, model: str, examples: list[dict], save_to: Pat
     trainer.train()
     trainer.save_model(str(save_to))
     return trainer
-
-
-# ---------------------------------------------------------------- score
-
-
-def score_traces(config: STaRConfig, estimator, scorer, problems: Problems, traces: dict[int, dict], folder: Path,
-                 fingerprint: str, seed: int, progress_bar: bool = True) -> dict[int, dict]:
-    """J curve of every trace: J_0..J_{H-1} from mu (one `estimator.estimate` call per batch), J_H = the trace's own
-    reward from `scorer`; per prefix, one of mu's best answers (what a cut trace ends with). Appended per problem to
-    `folder/scores-rank<r>.jsonl`. Returns every rank's records by problem index."""
-    from mrt.evaluation import append_record
-    from mrt.prover import as_completion
-
-    done = load_part(folder, "scores", fingerprint)
-    path = folder / f"scores-rank{_state().process_index}.jsonl"
-    mine = _my_batches(config, problems)
-    bar = _bar("score", mine, done, progress_bar)
-    for k, batch in mine:
-        todo = [i for i in batch if i not in done]
-        if not todo:
-            continue
-        owners = [(i, t) for i in todo for t in range(len(traces[i]["traces"]))]
-        rows = [problems.rows[i] for i, _ in owners]
-        prompts = [row["prompt"] for row in rows]
-        prompt_ids = [traces[i]["prompt_ids"] for i, _ in owners]
-        completion_ids = [traces[i]["traces"][t]["ids"] for i, t in owners]
-        completions = [as_completion(traces[i]["traces"][t]["text"], isinstance(p, list))
-                       for (i, t), p in zip(owners, prompts)]
-        outcomes = scorer(prompts, completions, completion_ids, rows)
-        estimate = estimator.estimate(prompt_ids, completion_ids, prompts, rows, outcomes=outcomes, seed=seed + k)
-        scored: dict[int, list[dict]] = {i: [] for i in todo}
-        for n, (i, t) in enumerate(owners):
-            best = [_best_answer(estimate.samples[r], estimate.sample_scores[r]) for r in estimate.requests.index[n]]
-            scored[i].append({
-                "tokens": len(completion_ids[n]), "outcome": outcomes[n], "episode_ends": estimate.ends[n],
-                "j_tokens": [*estimate.lengths[n], len(completion_ids[n])], "j_values": estimate.j[n],
-                "answer_scores": [s for _, s in best], "answers": [a for a, _ in best]})
-        for i in todo:
-            done[i] = {"fingerprint": fingerprint, "index": i, "traces": scored[i]}
-            append_record(path, done[i])
-            bar.update(1)
-    bar.close()
-    return load_part(folder, "scores", fingerprint)
-
-
-def _best_answer(samples: list[list[int]], scores: list[float | None]) -> tuple[list[int] | None, float | None]:
-    """mu's first highest-scoring sample from one prefix and its score; (None, None) when none could be scored."""
-    known = [(s, -n) for n, s in enumerate(scores) if s is not None]
-    if not known:
-        return None, None
-    score, n = max(known)
-    return list(samples[-n]), score
-
-
-def make_mu(config: STaRConfig, generator):
-    """mu: the model being improved through the generation engine (`prover: policy`), or a frozen server."""
-    if config.prover == "server":
-        import os
-
-        from mrt.prover.server import ServerProver  # needs the `openai` package (the `server` extra)
-
-        return ServerProver(config.prover_server_url, generator.tokenizer, model=config.prover_model,
-                            timeout=config.prover_timeout, max_retries=config.prover_max_retries,
-                            requests_per_call=config.prover_batch_size,
-                            api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"))
-    return generator.prover  # the model being improved, through its own engine (mrt.generation)
 
 
 # ---------------------------------------------------------------- the run
