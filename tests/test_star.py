@@ -260,6 +260,19 @@ def test_one_iteration_cuts_trains_and_saves(tiny_model_path, tmp_path):
     (again,) = run(config, reward_funcs=[always_right], progress_bar=False)
     assert again["traces_kept"] == 5 and (out / DONE).stat().st_mtime == stamp
 
+    # Plain STaR on the same records: nothing is generated or scored again, every correct trace is kept whole.
+    import shutil
+
+    star = tmp_path / "star"
+    (star / "iter-1").mkdir(parents=True)
+    for path in (out / "iter-1").glob("*-rank*.jsonl"):
+        shutil.copy(path, star / "iter-1" / path.name)
+    before = {p.name: p.read_text() for p in (star / "iter-1").glob("*.jsonl")}
+    plain = small_config(tmp_path, tiny_model_path, selection="correct", output_dir=str(star))
+    (baseline,) = run(plain, reward_funcs=[always_right], progress_bar=False)
+    assert baseline["traces_kept"] == 10 and baseline["traces_cut"] == 0
+    assert {name: (star / "iter-1" / name).read_text() for name in before} == before
+
 
 def test_no_correct_trace_stops_before_training(tiny_model_path, tmp_path):
     import json
