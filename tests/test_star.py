@@ -82,6 +82,48 @@ def test_truncate_flag():
     assert select_problem([EARLY], "progress", keep=1, cutoff=CUTOFF, truncate=True) == [Choice(0, cut=1)]
 
 
+# ---------------------------------------------------------------- properties on random J curves
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_J = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+@st.composite
+def random_trace(draw):
+    episodes = draw(st.integers(1, 4))
+    lengths = sorted(draw(st.lists(st.integers(1, 60), min_size=episodes, max_size=episodes)))
+    outcome = draw(st.sampled_from([0.0, 1.0, 1.0, None]))
+    values = draw(st.lists(st.one_of(_J, st.none()) if draw(st.booleans()) else _J, min_size=episodes,
+                           max_size=episodes))
+    scores = draw(st.lists(st.sampled_from([None, 0.0, 1.0]), min_size=episodes, max_size=episodes))
+    t = {"tokens": lengths[-1], "outcome": outcome, "j_tokens": [0, *lengths[:-1], lengths[-1]],
+         "j_values": [*values, outcome], "answer_scores": scores}
+    return t
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(random_trace(), min_size=1, max_size=6), st.integers(1, 4), st.booleans())
+def test_selection_properties(traces, keep, truncate):
+    correct = select_problem(traces, "correct", keep, CUTOFF, truncate=truncate)
+    progress = select_problem(traces, "progress", keep, CUTOFF, truncate=truncate)
+    good = [i for i, t in enumerate(traces) if t["outcome"] == 1.0]
+    ranked = [i for i in good if None not in traces[i]["j_values"]]
+    assert correct == [Choice(i) for i in good]  # plain STaR: every correct trace, whole, in order
+    kept = [c.trace for c in progress]
+    assert set(kept) <= set(ranked) and len(kept) == min(keep, len(ranked))
+    for i in kept:  # nothing left out makes more progress per token than what was kept
+        assert all(trace_regret(traces[i], CUTOFF) <= trace_regret(traces[j], CUTOFF) + 1e-12
+                   for j in ranked if j not in kept)
+    for c in progress:
+        if c.cut is None:
+            continue
+        values = traces[c.trace]["j_values"]
+        assert truncate and c.cut < len(values) - 1 and values[c.cut] == max(values) > 0
+        assert all(v < max(values) for v in values[:c.cut]) and traces[c.trace]["answer_scores"][c.cut] > 0
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="selection"):
         select_problem(PROBLEM, "best", keep=1, cutoff=CUTOFF)
@@ -339,7 +381,8 @@ def test_two_zero3_ranks_share_the_problems(tiny_model_path, tmp_path):
     if not accelerate.exists():
         pytest.skip("accelerate CLI not installed beside this python")
     out = tmp_path / "star"
-    command = [str(accelerate), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "zero3_cpu_2proc.yaml"),
+    command = [str(accelerate), "launch", "--config_file",
+               str(ROOT / "configs" / "accelerate" / "zero3_cpu_2proc.yaml"),
                str(ROOT / "scripts" / "train_mrt_star.py"), "--config",
                str(ROOT / "configs" / "mrt_star_smollm2_arithmetic.yaml"), "--model_name_or_path", tiny_model_path,
                "--num_train_problems", "6", "--problems_per_batch", "2", "--max_completion_length", "8",
