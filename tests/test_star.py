@@ -316,6 +316,22 @@ def test_one_iteration_cuts_trains_and_saves(tiny_model_path, tmp_path):
     assert {name: (star / "iter-1" / name).read_text() for name in before} == before
 
 
+def test_two_iterations_start_from_the_trained_model(tiny_model_path, tmp_path):
+    import json
+
+    from mrt.star import DONE, run
+
+    config = small_config(tmp_path, tiny_model_path, iterations=2, num_train_problems=2)
+    first, second = run(config, reward_funcs=[always_right], progress_bar=False)
+    out = Path(config.output_dir)
+    assert (out / "iter-1" / "model" / DONE).exists() and (out / DONE).exists()
+    assert first["model"] == tiny_model_path and second["model"] == str(out / "iter-1" / "model")
+    assert json.loads((out / DONE).read_text())["from_model"] == str(out / "iter-1" / "model")
+    # Iteration 2 generated traces of its own (from the new model, with its own seeds).
+    traces = [(out / f"iter-{k}" / "traces-rank0.jsonl").read_text() for k in (1, 2)]
+    assert traces[0] != traces[1]
+
+
 def test_no_correct_trace_stops_before_training(tiny_model_path, tmp_path):
     import json
 
