@@ -107,3 +107,15 @@ def test_quiet_cpu_start_installs_each_filter_once():
     assert quiet.quiet_cpu_start() and quiet.quiet_cpu_start()
     for name in ("vllm.triton_utils.importing", "DeepSpeed"):
         assert sum(isinstance(f, quiet.DropMessage) for f in logging.getLogger(name).filters) == 1
+
+
+def test_reward_funcs_load_from_import_paths_with_clear_errors():
+    from mrt.cli import load_reward_funcs
+    from mrt.rewards import accuracy_reward
+
+    assert load_reward_funcs(None) is None
+    assert load_reward_funcs(["mrt.rewards:accuracy_reward"]) == [accuracy_reward]
+    with pytest.raises(ValueError, match="MRTScriptArguments.reward_funcs"):
+        load_reward_funcs(["mrt.rewards.accuracy_reward"])  # no ':'
+    with pytest.raises(ValueError, match="cannot load 'mrt.rewards:nope'"):
+        load_reward_funcs(["mrt.rewards:nope"])

@@ -7,10 +7,10 @@ generate call, so about 30 calls; rank 1: one episode, 2 calls), and generation 
 parameters (ds3_gather_for_generation false), so every forward pass is a collective: a rank that skipped a
 call would hang, which the launch timeout turns into a failure.
 
-The tiny random model never answers right, so J would be 0 everywhere and the progress bonus 0. The test's
-termination suffix states the gold answer ("\\boxed{7}" for every problem): the prover's J is then 1 for most
-prefixes while the outcome J_H is 0, so every completion's last episode gets a bonus of about -alpha. That
-checks the plumbing across ranks (every rank's completions get their bonus), not the model's skill.
+The tiny random model never answers right, so with the accuracy reward J would be 0 everywhere and the progress
+bonus 0. The runs use a reward a random model earns half the time (`zero3_rewards.parity_reward`, passed by its
+import path as the command's `reward_funcs`): J then varies from prefix to prefix and every completion gets a bonus.
+That checks the plumbing across ranks (every rank's completions get their bonus), not the model's skill.
 """
 
 import math
@@ -28,7 +28,8 @@ pytest.importorskip("deepspeed")
 
 
 def write_run(tmp, model_path: str, name: str):
-    return write_helper_run(tmp, model_path, name, steps=STEPS, alpha=ALPHA)
+    return write_helper_run(tmp, model_path, name, steps=STEPS, alpha=ALPHA,
+                            reward_funcs=["zero3_rewards:parity_reward"])
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def launch(config: Path, tmp: Path, *args: str, timeout: int = LAUNCH_TIMEOUT, *
                "--main_process_port", str(free_port()), str(PROBE), "--config", str(config), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MRT_PROBE_UNEQUAL": "1",
            "MRT_PROBE_DIR": str(out / "probe"), "PYTHONPATH": os.pathsep.join(
-               [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]), **env}
+               [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]), **env}
     log = tmp / f"{out.name}.log"
     with log.open("w") as handle:
         process = subprocess.Popen(command, cwd=tmp, env=env, stdout=handle, stderr=subprocess.STDOUT,

@@ -7,6 +7,7 @@ Every field of MRTScriptArguments, MRTConfig and TRL's ModelConfig can be set in
 command line. Benchmarks and tests build their trainers with `build_trainer` too, so they train what the command trains.
 """
 
+import importlib
 import logging
 from dataclasses import dataclass, field
 
@@ -28,6 +29,28 @@ class MRTScriptArguments(ScriptArguments):
     system_prompt: str | None = field(default=SYSTEM_PROMPT, metadata={"help": "System prompt; '' for none."})
     num_train_problems: int | None = field(default=None, metadata={"help": "Use this many training problems."})
     num_eval_problems: int | None = field(default=None, metadata={"help": "Evaluate on this many test problems."})
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward functions with TRL's signature, as import paths 'package.module:function' (they also "
+                  "define success for the prover). None: math-verify accuracy on answer_column."},
+    )
+
+
+def load_reward_funcs(paths: list[str] | None) -> list | None:
+    """The functions named by 'package.module:function' paths (None stays None: the default reward)."""
+    if not paths:
+        return None
+    funcs = []
+    for path in paths:
+        module, _, name = path.partition(":")
+        if not module or not name:
+            raise ValueError(f"MRTScriptArguments.reward_funcs = {paths!r} is invalid: expected 'package.module:function'"
+                             f" paths, got {path!r}.")
+        try:
+            funcs.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"MRTScriptArguments.reward_funcs: cannot load {path!r} ({error}).") from error
+    return funcs
 
 
 def parser() -> TrlParser:
@@ -62,8 +85,8 @@ def build_trainer(script_args: MRTScriptArguments, training_args: MRTConfig, mod
         from trl import get_peft_config
 
         peft_config = get_peft_config(model_args)
-    return MRTTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      peft_config=peft_config)
+    return MRTTrainer(model=model, reward_funcs=load_reward_funcs(script_args.reward_funcs), args=training_args,
+                      train_dataset=train_dataset, eval_dataset=eval_dataset, peft_config=peft_config)
 
 
 def train(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig) -> MRTTrainer:
