@@ -138,6 +138,10 @@ def test_cpu_testbed_meets_the_issue_floor():
     assert config.evaluation["num_problems"] >= 64 and config.evaluation["num_samples"] >= 4
     assert config.model == "smollm2-135m" and config.budget_multiples == [1, 2, 4]
     assert arms["grpo"].overrides["alpha"] == 0
+    # the core arms' units (every seed) come before the optional arms'
+    names = [name for name, _, _ in config.units()]
+    assert names[:4] == ["base", "grpo-seed0", "mrt_dense-seed0", "mrt_branched-seed0"]
+    assert names[10:] == [f"{a}-seed{s}" for s in (0, 1, 2) for a in ("termination_baseline", "mrt_star")]
 
 
 def test_gpu_config_loads_with_bf16_and_longer_completions():

@@ -54,6 +54,8 @@ class Arm:
     config: str = field(metadata={"help": "Training recipe (YAML): MRT's for kind 'rl', MRT-STaR's for 'star'."})
     kind: str = field(default="rl", metadata={"help": "'rl' (mrt.cli.build_trainer) or 'star' (mrt.star.run)."})
     overrides: dict = field(default_factory=dict, metadata={"help": "Fields set on top of the recipe."})
+    optional: bool = field(default=False, metadata={
+        "help": "Run this arm's units after every other arm's (all seeds), so that the core comparison ends first."})
 
     def __post_init__(self):
         check(bool(self.name) and all(c.isalnum() or c in "_." for c in self.name), "Arm", "name", self.name,
@@ -62,6 +64,7 @@ class Arm:
         check(self.kind in KINDS, "Arm", "kind", self.kind, f"one of {KINDS}")
         check(bool(self.config), "Arm", "config", self.config, "a training config path")
         check(isinstance(self.overrides, dict), "Arm", "overrides", self.overrides, "a mapping of field: value")
+        check(isinstance(self.optional, bool), "Arm", "optional", self.optional, "true or false")
 
 
 @dataclass
@@ -115,8 +118,11 @@ class CompareConfig:
                "another folder than output_dir")
 
     def units(self) -> list[tuple[str, Arm | None, int | None]]:
-        """(unit name, arm, seed), base first, then seed by seed so that early units already compare every arm."""
-        return [(BASE, None, None)] + [(f"{a.name}-seed{s}", a, s) for s in self.seeds for a in self.arms]
+        """(unit name, arm, seed): base first, then seed by seed so that early units already compare every arm;
+        optional arms after all the others."""
+        order = [a for a in self.arms if not a.optional], [a for a in self.arms if a.optional]
+        return [(BASE, None, None)] + [(f"{a.name}-seed{s}", a, s) for arms in order for s in self.seeds
+                                       for a in arms]
 
 
 def load_config(path: str | os.PathLike, smoke: bool = False, output_dir: str | None = None) -> CompareConfig:
