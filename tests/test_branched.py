@@ -625,6 +625,18 @@ def test_cut_at_stop_keeps_the_token_that_completes_the_stop_string(tokenizer):
 # ---------------------------------------------------------------- vLLM colocate (real vLLM on CPU)
 
 
+def float32_folder(smollm2_path, tmp_path) -> str:
+    """The SmolLM2 folder served in float32 (vLLM's CPU bf16 matmuls are slow without AVX-512 bf16); weights linked."""
+    model = tmp_path / "smollm2-fp32"
+    model.mkdir()
+    for item in Path(smollm2_path).iterdir():
+        if item.name != "config.json":
+            (model / item.name).symlink_to(item)
+    config = json.loads((Path(smollm2_path) / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "dtype": "float32"}))
+    return str(model)
+
+
 @pytest.mark.slow
 def test_branched_with_the_colocated_vllm_engine(smollm2_path, tmp_path, monkeypatch):
     """Both halves through TRL's colocated vllm.LLM: the terminating one with mu's budget and stop strings."""
@@ -633,13 +645,7 @@ def test_branched_with_the_colocated_vllm_engine(smollm2_path, tmp_path, monkeyp
     for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                             MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(name, value)
-    model = tmp_path / "smollm2-fp32"  # float32: vLLM's CPU bf16 matmuls are slow without AVX-512 bf16
-    model.mkdir()
-    for item in Path(smollm2_path).iterdir():
-        if item.name != "config.json":
-            (model / item.name).symlink_to(item)
-    config = json.loads((Path(smollm2_path) / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "dtype": "float32"}))
+    model = float32_folder(smollm2_path, tmp_path)
 
     class RecordingTrainer(Recording, MRTTrainer):
         batches: list
@@ -657,7 +663,7 @@ def test_branched_with_the_colocated_vllm_engine(smollm2_path, tmp_path, monkeyp
                      learning_rate=1e-5, model_init_kwargs={"dtype": torch.float32}, progress_mode="branched",
                      termination_suffix="boxed", prover_max_tokens=4, prover_stop=["}"], use_vllm=True,
                      vllm_mode="colocate", vllm_gpu_memory_utilization=0.1, vllm_enable_sleep_mode=False)
-    trainer = RecordingTrainer(model=str(model), args=args, train_dataset=arithmetic_dataset(2, seed=0))
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=arithmetic_dataset(2, seed=0))
     trainer.batches = []
     llm, calls = trainer.vllm_generation.llm, []
     generate = llm.generate
@@ -677,3 +683,59 @@ def test_branched_with_the_colocated_vllm_engine(smollm2_path, tmp_path, monkeyp
     assert len(trainer.prefix_store) == 2 and math.isfinite(trainer.state.log_history[0]["loss"])
     # The engine's own settings are back after the terminating call.
     assert trainer.vllm_generation.max_completion_length == 16 and "stop" not in trainer.vllm_generation.generation_kwargs
+
+
+@pytest.mark.slow
+def test_branched_with_a_vllm_server(smollm2_path, tmp_path, monkeypatch):
+    """vllm_mode='server': each half asks each distinct prompt once with n = G/2 (TRL takes every n-th prompt)."""
+    pytest.importorskip("vllm")
+    pytest.importorskip("openai")
+    from trl.generation.vllm_client import VLLMClient
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    from mrt.vllm_server import VLLMServer
+
+    model = float32_folder(smollm2_path, tmp_path)
+    # TRL's weight push to the server runs on vLLM's NCCL weight-transfer engine, which needs CUDA: only that part is
+    # stubbed (as in tests/test_prover_vllm.py); the server keeps the initial weights, the trainer's at step 0.
+    monkeypatch.setattr(VLLMClient, "init_communicator", lambda self, device=0: None)
+    monkeypatch.setattr(VLLMGeneration, "sync_weights", lambda self: None)
+    args = ["--host", "127.0.0.1", "--enforce-eager", "--gpu-memory-utilization", "0.1", "--max-model-len", "1024",
+            "--max-num-seqs", "16", "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1"]
+    served = VLLMServer(model, name=model, args=args, env={"VLLM_SERVER_DEV_MODE": "1"},
+                        log_path=tmp_path / "server.log")
+    try:
+        served.start(timeout=480)
+
+        class RecordingTrainer(Recording, MRTTrainer):
+            batches: list
+            _last_plan = None
+
+        config = MRTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none",
+                           gradient_checkpointing=False, save_strategy="no", logging_steps=1, max_steps=1, seed=0,
+                           per_device_train_batch_size=8, num_generations=4, max_completion_length=16, beta=0.0,
+                           learning_rate=1e-5, model_init_kwargs={"dtype": torch.float32}, progress_mode="branched",
+                           termination_suffix="boxed", prover_max_tokens=4, prover_stop=["}"], use_vllm=True,
+                           vllm_mode="server", vllm_server_base_url=f"http://127.0.0.1:{served.port}")
+        trainer = RecordingTrainer(model=model, args=config, train_dataset=arithmetic_dataset(2, seed=0))
+        trainer.batches = []
+        client, calls = trainer.vllm_generation.vllm_client, []
+        generate = client.generate
+
+        def recording_generate(**kwargs):
+            calls.append(kwargs)
+            return generate(**kwargs)
+
+        client.generate = recording_generate
+        trainer.train()
+    finally:
+        served.stop()
+    # Two server calls: the continuing prompts (one per problem, n=2, the policy's budget), then the terminating ones.
+    assert [(len(c["prompts"]), c["n"], c["max_tokens"]) for c in calls] == [(2, 2, 16), (2, 2, 4)]
+    assert calls[1]["generation_kwargs"]["stop"] == ["}"] and "stop" not in calls[0]["generation_kwargs"]
+    (inputs, output, plan), = trainer.batches
+    prompts = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"], output["prompt_mask"])]
+    assert prompts[0] == prompts[1] != prompts[2] == prompts[3]  # a group: 2 continuing, 2 terminating rows
+    for comp_mask, branch in zip(output["completion_mask"], plan):
+        assert int(comp_mask.sum()) <= (4 if branch.terminating else 16)
+    assert math.isfinite(trainer.state.log_history[0]["loss"])
