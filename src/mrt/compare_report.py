@@ -239,7 +239,7 @@ def _errorbars(ax, report, metric, key, title, ylabel):
         y = [r["mean"] for r in rows]
         err = [[m - (r["low"] if r["low"] is not None else m) for m, r in zip(y, rows)],
                [(r["high"] if r["high"] is not None else m) - m for m, r in zip(y, rows)]]
-        ax.errorbar(x, y, yerr=err, marker="o", markersize=3, capsize=2, label=arm)
+        ax.errorbar(x, y, yerr=err, marker="o", markersize=3, capsize=2, color=f"C{k}", label=arm)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("tokens")
     ax.set_ylabel(ylabel)
@@ -284,7 +284,8 @@ def write_plot(report: dict, path: Path) -> Path:
             rows = s["curves"].get(key)
             if rows:
                 steps = [r["step"] for r in rows]
-                ax.plot(steps, [r["mean"] for r in rows], color=f"C{k}", label=arm)
+                ax.plot(steps, [r["mean"] for r in rows], color=f"C{k}", label=arm,
+                        marker="o" if len(steps) <= 20 else None, markersize=3)
                 ax.fill_between(steps, [r["min"] for r in rows], [r["max"] for r in rows], color=f"C{k}", alpha=0.2)
         ax.set_title(f"Training: {key} (mean, range over seeds)", fontsize=9)
         ax.set_xlabel("step")
