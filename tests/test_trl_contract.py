@@ -29,7 +29,6 @@ COMMON = dict(
 MRT = dict(alpha=ALPHA, prover_num_samples=2, prover_max_tokens=3, episode_chunk_tokens=4, max_episodes=3)
 
 
-
 def trl_loss_types() -> list[str]:
     """The loss types GRPOConfig documents ("Supported values are 'grpo', ..."), so a new one is tested too."""
     help_text = next(f for f in fields(GRPOConfig) if f.name == "loss_type").metadata["help"]
