@@ -151,10 +151,10 @@ def sample_success(requests, samples: list[list[list[int]]], decode, suffix_text
                    reward_kwargs: dict | None = None) -> tuple[list[float | None], list[list[float | None]]]:
     """J per request (the mean reward of mu's samples) and every sample's reward.
 
-    Each request is scored with the row of the completion that asked it. A sample in which mu wrote nothing scores
-    0; a sample every reward function returned None for is left out of the mean (J is None when all are).
+    Each request is scored with the row of the completion that asked it (an empty answer too: the default reward
+    gives it 0); a sample every reward function returned None for is left out of the mean (J is None when all are).
     """
-    owners, texts, ids, forced, empty = [], [], [], [], []
+    owners, texts, ids, forced = [], [], [], []
     for r, group in enumerate(samples):
         owner = requests.owner[r]
         for sample in group:
@@ -163,16 +163,12 @@ def sample_success(requests, samples: list[list[list[int]]], decode, suffix_text
             texts.append(requests.texts[r] + continuation)
             ids.append([*requests.prompts[r][len(prompt_ids[owner]):], *sample])
             forced.append(forced_text(suffix_text, continuation))
-            empty.append(not continuation.strip())
     values = scorer([prompts[o] for o in owners], [as_completion(t, conversational) for t in texts], ids,
                     [rows[o] for o in owners], **{FORCED_ANSWER: forced, **(reward_kwargs or {})}) if owners else []
     per_sample, k = [], 0
     for group in samples:
-        scores = []
-        for _ in group:
-            scores.append(0.0 if empty[k] else values[k])
-            k += 1
-        per_sample.append(scores)
+        per_sample.append(list(values[k:k + len(group)]))
+        k += len(group)
     rates = []
     for scores in per_sample:
         known = [s for s in scores if s is not None]
