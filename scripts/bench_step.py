@@ -1,12 +1,12 @@
 """Time GRPO and MRT training steps on the same model, config, prompts and seed, in one process.
 
     python scripts/bench_step.py --config configs/mrt_smollm2_arithmetic.yaml [--bench_steps 4]
-        [--bench_lengths 64 256] [--bench_estimators sampling likelihood] [--field value ...]
+        [--bench_lengths 64 256] [--bench_estimators sampling likelihood] [--bench_branched true] [--field value ...]
 
 For every completion length, runs `bench_steps` steps of plain GRPO (alpha 0, no prover), then the same number of
-MRT steps with each prover estimator, and prints one table; its last line is the MRT/GRPO step-time ratio alone
-(first estimator, first length). The first step of each run is left out of the means when there are more than one
-(it pays one-off start-up costs).
+MRT steps with each prover estimator (and, with --bench_branched, of progress_mode='branched'), and prints one
+table; its last line is the MRT/GRPO step-time ratio alone (first estimator, first length). The first step of each
+run is left out of the means when there are more than one (it pays one-off start-up costs).
 """
 
 import statistics
@@ -29,6 +29,11 @@ class BenchArguments:
     bench_estimators: list[str] = field(
         default_factory=lambda: ["sampling", "likelihood"],
         metadata={"help": "Prover estimators timed for MRT ('likelihood' is skipped with the 'authors' suffix)."})
+    bench_branched: bool = field(
+        default=False,
+        metadata={"help": "Also time progress_mode='branched' (docs/branched.md) on the same config; it needs an even "
+                  "num_generations. With --num_train_problems small enough that problems come back, the later "
+                  "steps branch from non-empty prefixes (prefix_source 'rollouts')."})
 
 
 PARSER = TrlParser((MRTScriptArguments, MRTConfig, ModelConfig, BenchArguments))
@@ -130,9 +135,14 @@ def main(argv: list[str]) -> float:
     for length in lengths:
         at_length = ["--max_completion_length", str(length)]
         runs = {"GRPO": run(argv, [*at_length, "--alpha", "0", "--progress_mode", "dense"])}
+        # A branched config still times the dense form in these columns.
+        dense = ["--progress_mode", "dense"] if args.progress_mode == "branched" else []
         for estimator in estimators:
-            runs[f"MRT {estimator}"] = run(argv, [*at_length, "--prover_estimator", estimator])
+            runs[f"MRT {estimator}"] = run(argv, [*at_length, *dense, "--prover_estimator", estimator])
             ratios[(estimator, length)] = runs[f"MRT {estimator}"]["step_time"] / runs["GRPO"]["step_time"]
+        if bench.bench_branched:
+            runs["MRT branched"] = run(argv, [*at_length, "--progress_mode", "branched"])
+            ratios[("branched", length)] = runs["MRT branched"]["step_time"] / runs["GRPO"]["step_time"]
         lines += table(length, runs)
     print("\n".join(lines))
     print(f"\nMRT/GRPO step time ratio over {bench.bench_steps} steps:")

@@ -739,3 +739,29 @@ def test_branched_with_a_vllm_server(smollm2_path, tmp_path, monkeypatch):
     for comp_mask, branch in zip(output["completion_mask"], plan):
         assert int(comp_mask.sum()) <= (4 if branch.terminating else 16)
     assert math.isfinite(trainer.state.log_history[0]["loss"])
+
+
+# ---------------------------------------------------------------- the bench
+
+
+def test_bench_step_times_the_branched_mode_beside_grpo_and_dense(tiny_model_path, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "configs" / "mrt_branched_smollm2_arithmetic.yaml").read_text())
+    config.update(model_name_or_path=tiny_model_path, output_dir=str(tmp_path / "out"), num_train_problems=2,
+                  per_device_train_batch_size=4, num_generations=4, max_completion_length=8, prover_num_samples=2,
+                  prover_max_tokens=3)
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts" / "bench_step.py"), "--config", str(path), "--bench_steps", "1",
+         "--bench_estimators", "sampling", "--bench_branched", "true"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.strip().splitlines()
+    header = next(line for line in lines if "GRPO" in line)
+    assert header.split() == ["GRPO", "MRT", "sampling", "MRT", "branched"]
+    # The dense column ran the prover (a branched config is timed in dense form there); the branched one did not.
+    requests = next(line for line in lines if line.startswith("prover requests")).split()
+    assert requests[-1] == "-" and requests[-5] == "-" and float(requests[-2]) > 0
+    ratios = [line.split()[0] for line in lines if " completion tokens: " in line]
+    assert ratios == ["sampling", "branched"]
