@@ -313,7 +313,12 @@ def score(text: str, gold) -> float | None:
 def score_forced(text: str, gold) -> float | None:
     """Score of mu's forced answer: `text` is only what mu wrote after the termination suffix (see
     `mrt.prover.scoring.forced_text`). No answer (empty, an empty or unclosed box) is 0.0; None when the gold is
-    unparsable."""
+    unparsable. Cached: mu often writes the same short answer many times."""
+    return None if gold is None else _score_forced_cached(text, str(gold).strip())
+
+
+@lru_cache(maxsize=65536)
+def _score_forced_cached(text: str, gold: str) -> float | None:
     parsed_gold = parse_gold(gold)
     if parsed_gold is None:
         return None

@@ -96,15 +96,14 @@ class TransformersProver:
 
     def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
         check_answers(answers)
-        pairs = [[*p, *a] for p, a in zip(prompts, answers, strict=True)]
 
         def call(model, chunk: list[int] | None) -> list:
             if chunk is None:
-                self._answer_logprobs(model, [[self._pad_id] * 2], [1])
+                self._answer_logprobs(model, [[self._pad_id] * 2], [[self._pad_id]])
                 return []
-            return self._answer_logprobs(model, [pairs[i] for i in chunk], [len(answers[i]) for i in chunk])
+            return self._answer_logprobs(model, [prompts[i] for i in chunk], [answers[i] for i in chunk])
 
-        return self._in_chunks(pairs, self.batch_size, call)
+        return self._in_chunks(prompts, self.batch_size, call)
 
     @property
     def _pad_id(self) -> int:
@@ -228,14 +227,30 @@ class TransformersProver:
                  for layer in cache.layers]
                 for i, (c, r) in enumerate(zip(sizes, rests))]
 
-    def _answer_logprobs(self, model, sequences, answer_sizes) -> list[float]:
-        """Sum of log-probabilities of each sequence's last `answer_sizes[i]` tokens, in one forward pass."""
-        ids, mask = self._left_pad(sequences)
-        keep = max(answer_sizes) + 1
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
-                       logits_to_keep=keep).logits[:, :-1].float()
-        logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -keep + 1:].unsqueeze(-1)).squeeze(-1)
-        return [row[-size:].sum().item() for row, size in zip(logps, answer_sizes)]
+    def _answer_logprobs(self, model, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
+        """log P(answer | prompt) per row: the prompts prefilled like `generate`'s (shared tokens read once), then
+        one teacher-forced pass over each prompt's last token and its answer."""
+        ids, mask, cache = self._prefill(model, prompts)
+        if cache is None:  # no reusable cache: one pass over prompt + answer, keeping the answer's logits
+            ids, mask = self._left_pad([[*p, *a] for p, a in zip(prompts, answers)])
+            cache, tails = None, [[*p[-1:], *a] for p, a in zip(prompts, answers)]
+            width = max(len(t) for t in tails)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                           logits_to_keep=width).logits.float()
+            starts = [width - len(t) for t in tails]
+        else:
+            tails = [[p[-1], *a] for p, a in zip(prompts, answers)]
+            width = max(len(t) for t in tails)
+            tail_ids = torch.tensor([t + [self._pad_id] * (width - len(t)) for t in tails], device=self.device)
+            tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails], device=self.device)
+            full = torch.cat([mask[:, :-1], tail_mask], dim=1)
+            logits = model(input_ids=tail_ids, attention_mask=full, position_ids=_positions(full)[:, -width:],
+                           past_key_values=cache, use_cache=True).logits.float()
+            starts = [0] * len(tails)
+        logps = torch.log_softmax(logits, dim=-1)
+        # The logits at tail position k predict the tail's token k + 1, i.e. answer token k.
+        return [sum(logps[i, start + k, token].item() for k, token in enumerate(answer))
+                for i, (start, answer) in enumerate(zip(starts, answers))]
 
 
 LEVELS = 4  # prefill passes: a group's prompt, completions (one may branch off another), each prefix's suffix
