@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,7 +71,7 @@ class TransformersGenerator:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model, dtype=getattr(torch, dtype) if dtype != "auto" else "auto").eval()
+            model, dtype=getattr(torch, dtype) if dtype != "auto" else "auto").to(default_device()).eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
         self.prover = TransformersProver.for_model(self.model, self.tokenizer, batch_size)
@@ -117,6 +118,15 @@ class VLLMGenerator:
     def close(self):
         del self.llm
         gc.collect()
+
+
+def default_device() -> str:
+    """This process's GPU when there is one (its LOCAL_RANK under `accelerate launch`), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    return "cpu"
 
 
 def _declared_eos(model: str):
