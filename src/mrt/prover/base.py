@@ -3,6 +3,8 @@
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+import torch
+
 
 class Prover(Protocol):
     """mu. Prompts are token ids: prompt + prefix + joiner + termination suffix (`mrt.prover.requests`)."""
@@ -37,3 +39,10 @@ def check_answers(answers: Sequence[Sequence[int]]) -> None:
 
 def chunks(items: Sequence, size: int) -> list:
     return [items[k:k + size] for k in range(0, len(items), size)]
+
+
+def max_over_ranks(value: int, accelerator) -> int:
+    """The largest `value` over the ranks (every rank must make as many collective model calls as the busiest)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return value
+    return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).max().item())

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mrt.prover.base import max_over_ranks
 from mrt.rewards import FORCED_ANSWER, last_box
 
 CHUNK = 64  # sequences per reward-model forward pass
@@ -138,12 +139,6 @@ def _name(func) -> str:
     if isinstance(func, nn.Module):
         return func.config._name_or_path.split("/")[-1]
     return getattr(func, "__name__", type(func).__name__)
-
-
-def max_over_ranks(value: int, accelerator) -> int:
-    if accelerator is None or accelerator.num_processes == 1:
-        return value
-    return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).max().item())
 
 
 def sample_success(requests, samples: list[list[list[int]]], decode, suffix_text: str, scorer: RewardScorer,

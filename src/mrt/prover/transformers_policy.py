@@ -9,8 +9,7 @@ from transformers import DynamicCache, GenerationConfig, StoppingCriteria, Stopp
 from transformers.cache_utils import DynamicLayer
 from trl.models.utils import unwrap_model_for_generation
 
-from mrt.prover.base import check_answers, cut_at_eos, eos_ids
-from mrt.prover.scoring import max_over_ranks
+from mrt.prover.base import check_answers, cut_at_eos, eos_ids, max_over_ranks
 
 
 class TransformersProver:
