@@ -211,7 +211,7 @@ def test_worker_thread_keeps_running_cleanly_after_a_timeout(monkeypatch):
     assert value == 0.0 and after == 1.0
 
 
-def test_main_thread_restores_alarm_handler_and_pending_timer(monkeypatch):
+def test_a_callers_alarm_handler_and_pending_timer_are_left_alone(monkeypatch):
     monkeypatch.setattr(rewards, "TIMEOUT_SECONDS", 0.5)
 
     def handler(signum, frame):
@@ -227,6 +227,44 @@ def test_main_thread_restores_alarm_handler_and_pending_timer(monkeypatch):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def _stubborn(swallowed):
+    """Busy for 20 s; swallows the first interrupt, as a finalizer that it lands in would ("Exception ignored")."""
+    end = time.monotonic() + 20.0
+    while time.monotonic() < end:
+        try:
+            while time.monotonic() < end:
+                pass
+        except BaseException as interrupt:
+            if swallowed:
+                raise
+            swallowed.append(interrupt)
+    return "ran to the end"
+
+
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_a_swallowed_deadline_is_raised_again(where, monkeypatch):
+    # In CI a one-shot main-thread alarm was lost this way and "slow expansion" grew until the OOM killer came.
+    monkeypatch.setattr(rewards, "TIMEOUT_SECONDS", 0.3)
+    swallowed = []
+    start = time.monotonic()
+    if where == "main thread":
+        value = rewards._bounded(_stubborn, "timed out", swallowed)
+    else:
+        value, _ = _in_thread(rewards._bounded, _stubborn, "timed out", swallowed)
+    assert value == "timed out" and len(swallowed) == 1
+    assert time.monotonic() - start < 5.0
+
+
+def test_no_interrupt_reaches_the_caller_after_many_bounded_calls(monkeypatch):
+    monkeypatch.setattr(rewards, "TIMEOUT_SECONDS", 0.05)
+    for _ in range(20):  # deadlines land at every point of the call, the stop included
+        assert score(*ADVERSARIAL["slow expansion"]) == 0.0
+    end = time.monotonic() + 0.5  # a late interrupt would land in this loop
+    while time.monotonic() < end:
+        pass
+    assert score("\\boxed{12}", "12") == 1.0
 
 
 @pytest.mark.parametrize("text, gold, expected", [

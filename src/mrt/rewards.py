@@ -13,16 +13,16 @@ computes 9**387420489 exactly, one long C call that no Python-level interrupt ca
    (towers of powers, huge factorials) counts as unparsable, because evaluating it is one long C call.
 3. Deadline: math-verify runs with its own timeouts off, and each public call is bounded by
    TIMEOUT_SECONDS as a whole (score: the answer's parse and verify together; the gold's parse,
-   cached, once more). In the main thread a SIGALRM timer (`setitimer`) raises `_Deadline`;
-   the previous handler and any pending timer are put back afterwards. In other threads a watchdog
-   thread raises `_Deadline` inside the scoring thread with `PyThreadState_SetAsyncExc` (CPython),
-   again every _RETRY_SECONDS until the call returns. A timed-out call scores 0.0 (its answer: []).
+   cached, once more). A watchdog thread raises `_Deadline` inside the scoring thread (main thread
+   included) with `PyThreadState_SetAsyncExc` (CPython), again every _RETRY_SECONDS until the call
+   returns: an interrupt that lands in a finalizer is swallowed there ("Exception ignored in ..."), and a
+   one-shot alarm would then let the call run on, growing without bound. Signals and a caller's timers are
+   never touched. A timed-out call scores 0.0 (its answer: []).
 """
 
 import ctypes
 import math
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -67,40 +67,6 @@ def _bounded(fn, default, *args):
     seconds = TIMEOUT_SECONDS
     if not seconds or seconds <= 0:
         return fn(*args)
-    if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
-        try:
-            old_handler = signal.signal(signal.SIGALRM, _raise_deadline)
-        except ValueError:  # not the main interpreter
-            pass
-        else:
-            return _with_alarm(seconds, old_handler, fn, default, args)
-    return _with_watchdog(seconds, fn, default, args)
-
-
-def _raise_deadline(signum, frame):
-    raise _Deadline()
-
-
-def _with_alarm(seconds, old_handler, fn, default, args):
-    start = time.monotonic()
-    old_delay, old_interval = 0.0, 0.0
-    try:
-        try:
-            old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
-            return fn(*args)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except _Deadline:
-        # The timer is one-shot: once it has fired, nothing interrupts the cleanup below.
-        return default
-    finally:
-        signal.signal(signal.SIGALRM, old_handler)
-        if old_delay > 0:  # give back the timer someone else had set, minus the time we used
-            left = max(old_delay - (time.monotonic() - start), 1e-3)
-            signal.setitimer(signal.ITIMER_REAL, left, old_interval)
-
-
-def _with_watchdog(seconds, fn, default, args):
     tid = threading.get_ident()
     lock = threading.Lock()
     finished = [False]
@@ -118,17 +84,24 @@ def _with_watchdog(seconds, fn, default, args):
             if wake.wait(_RETRY_SECONDS):
                 return
 
+    result = default
+    threading.Thread(target=watch, daemon=True).start()
     try:
         try:
-            threading.Thread(target=watch, daemon=True).start()
-            return fn(*args)
+            result = fn(*args)
         finally:
-            with lock:
-                finished[0] = True
-                _set_async_exc(tid, ctypes.py_object())  # NULL: drop an interrupt not yet delivered
+            while True:  # an interrupt that lands while we stop the watchdog is caught, and the stop retried
+                try:
+                    with lock:
+                        finished[0] = True
+                        _set_async_exc(tid, ctypes.py_object())  # NULL: drop an interrupt not yet delivered
+                    break
+                except _Deadline:
+                    pass
             wake.set()
     except _Deadline:
-        return default
+        pass
+    return result
 
 
 # ---------------------------------------------------------------- size screen
