@@ -1,8 +1,11 @@
-"""Evaluation curve math against hand-worked curves, the tables built from records, and the config checks."""
+"""Evaluation curve math against hand-worked curves, the tables built from records, the config checks, and
+problems sampled together in chunks (tiny random model): their records, resuming inside a chunk, the fingerprint."""
+
+import json
 
 import pytest
 
-from mrt.evaluation import EvalConfig, efficiency_table, load_records, summarize
+from mrt.evaluation import EvalConfig, efficiency_table, evaluate, load_records, summarize
 from mrt.progress import curve_area, curve_value, efficiency_ratios, regret, regret_at, tokens_to_reach
 
 
@@ -145,6 +148,9 @@ def test_config_defaults_and_checks():
     # More problems or other cutoffs reuse the records; another sampling setting does not.
     assert EvalConfig(num_problems=8).fingerprint() == EvalConfig(num_problems=16, cutoffs=[5]).fingerprint()
     assert EvalConfig().fingerprint() != EvalConfig(temperature=0.5).fingerprint()
+    # Problems sampled together draw other numbers; batch_size does not change them.
+    assert EvalConfig().fingerprint() != EvalConfig(problems_per_call=1).fingerprint()
+    assert EvalConfig(batch_size=8).fingerprint() == EvalConfig().fingerprint()
 
 
 def test_records_with_a_cut_last_line_and_other_settings(tmp_path):
@@ -175,3 +181,99 @@ def test_docs_show_the_command_and_a_small_plot():
     assert "python scripts/eval_mrt.py --models" in page
     image = page.split("![")[1].split("](")[1].split(")")[0]
     assert (docs / image).is_file() and (docs / image).stat().st_size < 150_000
+
+
+# ---------------------------------------------------------------- problems sampled together (tiny random model)
+
+
+def tiny_config(model: str, output_dir, **kwargs) -> EvalConfig:
+    """5 problems x 2 samples of 12 tokens, several episodes each, 2 forced answers of 3 tokens per prefix."""
+    return EvalConfig(**{"models": [model], "num_problems": 5, "num_samples": 2, "max_tokens": 12,
+                         "budgets": [0, 6, 12], "prover_num_samples": 2, "prover_max_tokens": 3, "prover_stop": ["}"],
+                         "backend": "transformers", "episode_chunk_tokens": 4, "seed": 5,
+                         "output_dir": str(output_dir), **kwargs})
+
+
+def written(config: EvalConfig) -> list[dict]:
+    from mrt.evaluation import records_path
+
+    return [json.loads(line) for line in records_path(config.output_dir, config.models[0]).read_text().splitlines()]
+
+
+def drawn(record: dict) -> list[tuple]:
+    return [(c["text"], c["tokens"], c["episode_ends"], c["j_values"], c["budget_accuracy"])
+            for c in record["completions"]]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_pairs(tiny_model_path, tmp_path_factory):
+    """One run of 5 problems in chunks of 2: [0, 1], [2, 3], [4]."""
+    config = tiny_config(tiny_model_path, tmp_path_factory.mktemp("pairs"), problems_per_call=2)
+    assert evaluate(config, progress_bar=False) is not None
+    return written(config)
+
+
+@pytest.mark.parametrize("separate_mu", [False, True], ids=["mu-is-model", "mu-separate"])
+def test_records_are_the_chunked_calls_and_one_per_call_is_the_single_problem_draw(tiny_model_path, tmp_path,
+                                                                                   separate_mu):
+    from mrt.evaluation import evaluate_problems, load_eval_problems, make_setup, prompt_ids
+    from mrt.generation import make_generator
+
+    prover = {"prover": tiny_model_path + "/"} if separate_mu else {}  # another name: mu is a second generator
+    by_size = {}
+    for size in (1, 2):
+        config = tiny_config(tiny_model_path, tmp_path / str(size), problems_per_call=size, **prover)
+        evaluate(config, progress_bar=False)
+        by_size[size] = written(config)
+        assert [r["index"] for r in by_size[size]] == [0, 1, 2, 3, 4]
+        assert all(len(r["completions"]) == 2 and r["seconds"] >= 0 for r in by_size[size])
+
+    # The same records by hand: problem i alone with seed 5 * 1_000_003 + 1000 * i (the draws of one problem per
+    # call), and the chunks [0, 1], [2, 3], [4] with the seed of their first problem.
+    config = tiny_config(tiny_model_path, tmp_path / "x", **prover)
+    model = make_generator(tiny_model_path, backend="transformers")
+    mu = make_generator(tiny_model_path, backend="transformers") if separate_mu else model
+    setup = make_setup(config, model.tokenizer)
+    problems = load_eval_problems(config)
+    prompts = [prompt_ids(model.tokenizer, p["prompt"]) for p in problems]
+    golds = [p["answer"] for p in problems]
+    alone = [evaluate_problems(config, setup, model, mu, [prompts[i]], [golds[i]], 5 * 1_000_003 + 1000 * i)
+             for i in range(5)]
+    assert all(len(rows) == 1 for rows in alone)
+    assert [r["completions"] for r in by_size[1]] == [rows[0] for rows in alone]
+    pairs = [rows for c in (0, 2, 4) for rows in evaluate_problems(
+        config, setup, model, mu, prompts[c:c + 2], golds[c:c + 2], 5 * 1_000_003 + 1000 * c)]
+    assert [r["completions"] for r in by_size[2]] == pairs
+    # Sampled together, the chunk's second problem gets other draws than alone (what the fingerprint keeps apart).
+    assert drawn(by_size[2][1]) != drawn(by_size[1][1])
+    assert by_size[1][0]["fingerprint"] != by_size[2][0]["fingerprint"]
+    for c in by_size[2][0]["completions"]:
+        assert c["j_tokens"][0] == 0 and c["j_tokens"][-1] == c["tokens"] <= 12
+        assert len(c["j_values"]) == len(c["episode_ends"]) + 1 and len(c["budget_accuracy"]) == 3
+
+
+def test_run_stopped_inside_a_chunk_resumes_to_the_uninterrupted_draws(tiny_model_path, tmp_path,
+                                                                      uninterrupted_pairs):
+    config = tiny_config(tiny_model_path, tmp_path, problems_per_call=2, max_problems_this_run=3)
+    assert evaluate(config, progress_bar=False) is None
+    first = written(config)
+    assert [r["index"] for r in first] == [0, 1, 2]  # stopped inside the chunk [2, 3]
+    assert len({r["seconds"] for r in first[:2]}) == 1  # a chunk's time, shared by its problems
+
+    config.max_problems_this_run = None
+    assert evaluate(config, progress_bar=False) is not None
+    resumed = written(config)
+    assert [r["index"] for r in resumed] == [0, 1, 2, 3, 4]
+    assert resumed[:3] == first  # kept as written, not appended again
+    assert resumed[3]["run"] != first[2]["run"]
+    # Problem 3 was drawn with its whole chunk again: the numbers of the run that never stopped.
+    assert [drawn(r) for r in resumed] == [drawn(r) for r in uninterrupted_pairs]
+    assert [r["completions"] for r in resumed] == [r["completions"] for r in uninterrupted_pairs]
+
+
+def test_other_problems_per_call_is_refused_on_resume(tiny_model_path, tmp_path):
+    evaluate(tiny_config(tiny_model_path, tmp_path, problems_per_call=2, max_problems_this_run=1), progress_bar=False)
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(tiny_config(tiny_model_path, tmp_path, problems_per_call=3), progress_bar=False)
+    with pytest.raises(ValueError, match="EvalConfig.problems_per_call"):
+        tiny_config(tiny_model_path, tmp_path, problems_per_call=0)

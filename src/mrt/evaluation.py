@@ -4,8 +4,11 @@ For every model and problem: sample `num_samples` completions of at most `max_to
 episodes with the training rules (`mrt.episodes`); ask mu (the model itself unless `prover` names another) to
 answer from every episode prefix with the termination suffix (`prover_num_samples` samples, `mrt.prover`), which
 gives J after each episode and the tokens spent to reach it; and force the model's own answer at every token
-budget. Each finished problem is appended to `output_dir/records/<model>.jsonl` at once, so an interrupted run
-resumes where it stopped. `summarize` turns the records into the tables (pure), `mrt.eval_report` writes them.
+budget. Problems go in fixed chunks of `problems_per_call` (by index), each with one sampling call and one prover
+call (two when mu is another model) and its own seed. Each finished problem is appended to
+`output_dir/records/<model>.jsonl` at once, so an interrupted run resumes where it stopped (a chunk begun but not
+all written is drawn again whole, the same draws). `summarize` turns the records into the tables (pure),
+`mrt.eval_report` writes them.
 """
 
 from __future__ import annotations
@@ -80,7 +83,10 @@ class EvalConfig:
         "help": "'auto' (vLLM when it imports, else transformers), 'vllm' or 'transformers'."})
     dtype: str = field(default="float32", metadata={"help": "Model dtype ('float32', 'bfloat16', 'auto')."})
     batch_size: int = field(default=64, metadata={"help": "Sequences per generate call (transformers backend)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the problem shuffle and of every problem's sampling."})
+    problems_per_call: int = field(default=16, metadata={
+        "help": "Problems sampled together (one generate call and one prover call per chunk of problems, fixed by "
+                "index); it changes the random draws, so it is part of the records' settings. 1: one per call."})
+    seed: int = field(default=0, metadata={"help": "Seed of the problem shuffle and of every chunk's sampling."})
     output_dir: str = field(default="outputs/eval", metadata={"help": "Where records, JSON, CSVs and plots go."})
     max_problems_this_run: int | None = field(default=None, metadata={
         "help": "Stop after this many newly evaluated problems (the rest is done by the next run)."})
@@ -90,7 +96,7 @@ class EvalConfig:
             self.models = [self.models]
         _check(len(self.models) >= 1, "models", self.models, "at least one model")
         for name in ("num_problems", "num_samples", "max_tokens", "prover_num_samples", "prover_max_tokens",
-                     "max_episodes", "episode_chunk_tokens", "batch_size"):
+                     "max_episodes", "episode_chunk_tokens", "batch_size", "problems_per_call"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _check(self.temperature >= 0, "temperature", self.temperature, ">= 0")
         _check(self.prover_temperature is None or self.prover_temperature >= 0, "prover_temperature",
@@ -114,6 +120,8 @@ class EvalConfig:
         keep = {k: v for k, v in asdict(self).items()
                 if k not in ("models", "num_problems", "cutoffs", "target_accuracies", "output_dir",
                              "max_problems_this_run", "batch_size")}
+        if keep["problems_per_call"] == 1:  # the draws of one problem per call, as before the field existed
+            del keep["problems_per_call"]
         return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -150,31 +158,35 @@ def prompt_ids(tokenizer, prompt) -> list[int]:
     return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
-def evaluate_problem(config: EvalConfig, setup: ProblemSetup, model, mu, prompt: list[int], gold,
-                     seed: int) -> list[dict]:
-    """The record of every completion of one problem (see the module docstring)."""
+def evaluate_problems(config: EvalConfig, setup: ProblemSetup, model, mu, prompts: list[list[int]], golds: list,
+                      seed: int) -> list[list[dict]]:
+    """The record of every completion of each problem (see the module docstring): one sampling call for all the
+    problems, then one prover call (two when mu is another model than the one evaluated)."""
     tok = setup.tokenizer
     k = config.num_samples
-    samples = model.generate([prompt], k, config.max_tokens, config.temperature, None, seed)[0]
+    drawn = model.generate([list(p) for p in prompts], k, config.max_tokens, config.temperature, None, seed)
+    samples = [s for group in drawn for s in group]
+    owner = [p for p, group in enumerate(drawn) for _ in group]  # the problem of each sample
     answer_temperature = config.temperature if config.prover_temperature is None else config.prover_temperature
 
     rows, episode_prefixes, mu_lengths, budget_lengths = [], [], [], []
-    for s in samples:
+    for s, p in zip(samples, owner):
         n = len(s.ids)
         ends = split_completion(s.ids, tok, setup.rules)
         # J before each episode (b_0 = 0 always), and at the end when the model did not finish by itself.
         episode_prefixes.append(prefix_lengths(ends) if ends else [0])
         mu_lengths.append(episode_prefixes[-1] + ([n] if not s.finished else []))
         budget_lengths.append(sorted({min(b, n) for b in config.budgets if b < n or not s.finished}))
-        rows.append({"text": s.text, "tokens": n, "finished": s.finished, "outcome": score(s.text, gold),
+        rows.append({"text": s.text, "tokens": n, "finished": s.finished, "outcome": score(s.text, golds[p]),
                      "episode_ends": ends})
 
     def ask(generator, lengths, call_seed) -> list[dict[int, float | None]]:
         estimator = ProgressEstimator(generator.prover, tok, setup.rules, setup.suffix, setup.scorer,
                                       num_samples=config.prover_num_samples, max_tokens=config.prover_max_tokens,
                                       temperature=answer_temperature, stop=config.prover_stop)
-        estimate = estimator.estimate([prompt] * k, [s.ids for s in samples], [""] * k, [{"answer": gold}] * k,
-                                      lengths=lengths, seed=call_seed)
+        # Requests are shared only among the samples of one problem (same prompt and same gold).
+        estimate = estimator.estimate([prompts[p] for p in owner], [s.ids for s in samples], [""] * len(samples),
+                                      [{"answer": golds[p]} for p in owner], lengths=lengths, seed=call_seed)
         return [{b: estimate.rates[r] for b, r in zip(ls, row)} for ls, row in zip(lengths, estimate.requests.index)]
 
     if mu is model:  # one batch: episode prefixes and budgets share requests
@@ -191,7 +203,12 @@ def evaluate_problem(config: EvalConfig, setup: ProblemSetup, model, mu, prompt:
         row["j_values"] = [j[b] for b in points] + [outcome if row["finished"] else j[n]]
         row["budget_accuracy"] = [outcome if (b >= n and row["finished"]) else forced[min(b, n)]
                                   for b in config.budgets]
-    return rows
+    return [rows[p * k:(p + 1) * k] for p in range(len(prompts))]
+
+
+def chunk_seed(config: EvalConfig, first: int) -> int:
+    """The seed of the chunk that starts at problem `first` (+1, +2: its prover calls)."""
+    return config.seed * 1_000_003 + 1000 * first
 
 
 # ---------------------------------------------------------------- records on disk
@@ -289,22 +306,34 @@ def evaluate(config: EvalConfig, make_generator=None, progress_bar: bool = True)
                                  "mu must share the evaluated model's tokenizer.")
             backend = model.name
             setup = make_setup(config, model.tokenizer)
-            bar = tqdm(todo, desc=label, disable=not progress_bar, initial=len(done), total=len(problems))
-            for i in bar:
+            bar = tqdm(desc=label, disable=not progress_bar, initial=len(done), total=len(problems))
+            size = config.problems_per_call
+            # Chunks fixed by index, each drawn whole: a resumed run draws what an uninterrupted one does.
+            chunks = [range(c, min(c + size, len(problems))) for c in range(0, len(problems), size)]
+            for chunk in chunks:
                 if budget_left == 0:
                     break
-                row = problems[i]
+                if all(i in done for i in chunk):
+                    continue
                 start = time.perf_counter()
-                seed = config.seed * 1_000_003 + 1000 * i
-                completions = evaluate_problem(config, setup, model, mu, prompt_ids(model.tokenizer, row["prompt"]),
-                                               row["answer"], seed)
-                record = {"fingerprint": fingerprint, "index": i, "problem": row[config.problem_column],
-                          "answer": row["answer"], "model": name, "backend": backend, "run": run_id,
-                          "seconds": round(time.perf_counter() - start, 3), "completions": completions}
-                append_record(path, record)
-                done[i] = record
-                if budget_left is not None:
-                    budget_left -= 1
+                results = evaluate_problems(config, setup, model, mu,
+                                            [prompt_ids(model.tokenizer, problems[i]["prompt"]) for i in chunk],
+                                            [problems[i]["answer"] for i in chunk], chunk_seed(config, chunk.start))
+                seconds = round((time.perf_counter() - start) / len(chunk), 3)
+                for i, completions in zip(chunk, results):
+                    if i in done:
+                        continue
+                    if budget_left == 0:
+                        break
+                    row = problems[i]
+                    record = {"fingerprint": fingerprint, "index": i, "problem": row[config.problem_column],
+                              "answer": row["answer"], "model": name, "backend": backend, "run": run_id,
+                              "seconds": seconds, "completions": completions}
+                    append_record(path, record)
+                    done[i] = record
+                    bar.update(1)
+                    if budget_left is not None:
+                        budget_left -= 1
             bar.close()
             for generator in {id(model): model, id(mu): mu}.values():
                 generator.close()
