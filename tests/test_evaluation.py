@@ -148,9 +148,8 @@ def test_config_defaults_and_checks():
     # More problems or other cutoffs reuse the records; another sampling setting does not.
     assert EvalConfig(num_problems=8).fingerprint() == EvalConfig(num_problems=16, cutoffs=[5]).fingerprint()
     assert EvalConfig().fingerprint() != EvalConfig(temperature=0.5).fingerprint()
-    # Problems sampled together draw other numbers; batch_size does not change them.
+    # Problems sampled together draw other numbers.
     assert EvalConfig().fingerprint() != EvalConfig(problems_per_call=1).fingerprint()
-    assert EvalConfig(batch_size=8).fingerprint() == EvalConfig().fingerprint()
 
 
 def test_records_with_a_cut_last_line_and_other_settings(tmp_path):
