@@ -146,3 +146,60 @@ def test_chunks_are_cut_between_groups_not_inside_a_completion_s_prefixes():
     assert [sorted(prompts[i][1] for i in part) for part in parts] == [[2, 2, 2], [9, 9, 9]]
     assert sorted(i for part in parts for i in part) == list(range(6))
     assert all(len(part) <= 2 for part in token_order_chunks(prompts, 2))
+
+
+def test_prefix_tree_takes_every_token_of_a_known_row():
+    known = [1, 2, 3, 4, 5, 6]
+    prompts = [known, [1, 2, 3, 4, 9, 9], [1, 2, 3, 4, 5, 6, 7, 8], [7, 7, 7]]
+    parent, shared, level = prefix_tree(prompts, known=1)
+    assert parent == [None, 0, 0, None]
+    assert shared == [0, 4, 6, 0]  # all of the known row, its last token included
+    assert level == [0, 1, 1, 0]
+    # Unknown, the same row is an ordinary prompt: it takes 5 tokens from the longest (never its own last token).
+    assert prefix_tree(prompts)[:2] == ([2, 2, None, None], [5, 4, 0, 0])
+
+
+def generated_rows(trainer, prompts, max_tokens):
+    """Left-padded prompts and what the model generated greedily, with the cache generate returned."""
+    tok = trainer._tokenizer
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = trainer.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_tokens,
+                                     pad_token_id=tok.pad_token_id, return_dict_in_generate=True)
+    return out.sequences, width, out.past_key_values
+
+
+def test_reusing_the_generation_cache_gives_the_same_answers_and_reads_only_the_suffixes(trainer):
+    prover, suffix = prover_of(trainer), list(trainer.progress_estimator.suffix.ids)
+    prompts = prompts_of(trainer, ["What is 7 + 5? Think step by step.", "Add 12 and 30."])
+    sequences, width, cache = generated_rows(trainer, prompts, 12)
+    completions = [sequences[i, width:].tolist() for i in range(len(prompts))]
+    requests = [p + c[:b] + suffix for p, c in zip(prompts, completions) for b in (0, 4, 9)]
+    answers = [trainer._tokenizer("12}", add_special_tokens=False)["input_ids"]] * len(requests)
+
+    fresh = prover.likelihood(requests, answers)
+    plain = prover.generate(requests, num_samples=2, max_tokens=4, temperature=0.0, stop=None)
+    before = prover.prefill_tokens
+    with prover.reusing(sequences, width, cache):
+        reused = prover.likelihood(requests, answers)
+        read = prover.prefill_tokens - before
+        branched = prover.generate(requests, num_samples=2, max_tokens=4, temperature=0.0, stop=None)
+    assert reused == pytest.approx(fresh, abs=1e-3)
+    assert branched == plain
+    assert read == sum(len(suffix) - 1 for _ in requests)  # only each suffix (its last token is read when sampling)
+    assert prover._known == []  # nothing is kept after the block
+
+
+def test_a_training_step_reads_completions_from_the_generation_cache(smollm2_path, tmp_path):
+    args = MRTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_steps=1,
+                     per_device_train_batch_size=4, num_generations=2, max_completion_length=16, logging_steps=1,
+                     gradient_checkpointing=False, termination_suffix="boxed", prover_estimator="likelihood",
+                     save_strategy="no", seed=0)
+    trainer = MRTTrainer(model=smollm2_path, args=args, train_dataset=arithmetic_dataset(4, seed=0))
+    trainer.train()
+    logged = next(row for row in trainer.state.log_history if "mrt/prover_prefill_min" in row)
+    # Without the generation cache the prefill reads the distinct prefixes (the minimum); with it, the suffixes.
+    assert logged["mrt/prover_prefill_tokens"] < logged["mrt/prover_prefill_min"]
+    assert trainer._generated == []

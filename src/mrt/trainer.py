@@ -2,6 +2,7 @@
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,7 @@ from mrt.config import MRTConfig
 from mrt.data import require_columns
 from mrt.episodes import resolve_thinking_tag
 from mrt.progress import episode_bonus, progress, regret, termination_advantages, token_advantages
-from mrt.prover import ProgressEstimator, RewardScorer, make_prover, make_suffix
+from mrt.prover import ProgressEstimator, RewardScorer, TransformersProver, make_prover, make_suffix
 from mrt.rewards import make_accuracy_reward
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         self.batch_rewards: torch.Tensor | None = None  # (N, F) rewards of the last batch, every rank's rows
         self.last_progress: ProgressRecord | None = None
         self._prover_seconds = 0.0
+        self._generated: list[tuple] = []  # (sequences, prompt width, cache) of this batch's transformers generate
         if args.max_prompt_length is not None and self.train_dataset is not None:
             self.train_dataset = self._drop_long_prompts(self.train_dataset, args.max_prompt_length)
         if args.prover_estimator == "likelihood":
@@ -92,7 +94,35 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         self.batch_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self.batch_rewards
 
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        # The transformers prover reads each completion from the keys and values its generation computed.
+        if not (self.progress_enabled and isinstance(self.progress_estimator.prover, TransformersProver)
+                and not self.use_vllm and not getattr(self, "use_transformers_continuous_batching", False)
+                and not getattr(self, "use_transformers_paged", False)):
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        plain = model.generate
+
+        def generate(*positional, **options):
+            out = plain(*positional, **{**options, "return_dict_in_generate": True})
+            width = options["input_ids"].size(1) if "input_ids" in options else positional[0].size(1)
+            self._generated.append((out.sequences, width, getattr(out, "past_key_values", None)))
+            return out.sequences
+
+        model.generate = generate
+        try:
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        finally:
+            del model.generate
+
     def _generate_and_score_completions(self, inputs):
+        self._generated = []
+        try:
+            return self._score_with_progress(inputs)
+        finally:
+            self._generated = []  # the generation caches are freed with the batch
+
+    def _score_with_progress(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         if not (self.args.runs_prover and self.progress_enabled):
             return output
@@ -155,9 +185,13 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         active = [i for i, c in enumerate(completions) if c or not self.args.mask_truncated_completions]
         pick = lambda values: [values[i] for i in active]  # noqa: E731
         state = {"trainer_state": self.state}
-        estimate = (estimator or self.progress_estimator).estimate(
-            pick(prompts), pick(completions), pick([x["prompt"] for x in inputs]), pick(inputs),
-            outcomes=pick(outcomes), reward_kwargs=state)
+        estimator = estimator or self.progress_estimator
+        with ExitStack() as stack:
+            if isinstance(estimator.prover, TransformersProver):
+                for sequences, width, cache in self._generated:
+                    stack.enter_context(estimator.prover.reusing(sequences, width, cache))
+            estimate = estimator.estimate(pick(prompts), pick(completions), pick([x["prompt"] for x in inputs]),
+                                          pick(inputs), outcomes=pick(outcomes), reward_kwargs=state)
         return estimate, active
 
     def _log_mrt(self, mode: str, means: dict[str, tuple[float, int]], totals: dict[str, float]) -> None:

@@ -81,19 +81,19 @@ class ProgressEstimator:
         """
         requests, ends, lengths = self.requests(prompt_ids, completion_ids, rows, lengths)
         estimate = ProgressEstimate(ends, lengths, [], requests)
+        before = getattr(self.prover, "prefill_tokens", None)
         if self.estimator == "likelihood":
             estimate.rates = self._likelihood(requests, rows)
         else:
-            before = getattr(self.prover, "prefill_tokens", None)
             estimate.samples = self.prover.generate(requests.prompts, self.num_samples, self.max_tokens,
                                                     self.temperature, self.stop, seed)
-            if before is not None:
-                estimate.prefill_tokens = self.prover.prefill_tokens - before
             conversational = bool(prompts) and isinstance(prompts[0], list)
             decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
             estimate.rates, estimate.sample_scores = sample_success(
                 requests, estimate.samples, decode, self.suffix.text, self.scorer, prompts, prompt_ids, rows,
                 conversational, reward_kwargs)
+        if before is not None:
+            estimate.prefill_tokens = self.prover.prefill_tokens - before
         for i, row in enumerate(requests.index):
             js = [estimate.rates[r] for r in row]
             estimate.j.append(js + ([outcomes[i]] if outcomes is not None else []))

@@ -1,7 +1,7 @@
 """mu through a transformers model: prefill each prompt once, branch the samples from its cached keys and values."""
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -30,6 +30,28 @@ class TransformersProver:
         self.generation_config, self.batch_size, self.accelerator = generation_config, batch_size, accelerator
         self.device = device if device is not None else accelerator.device
         self.prefill_tokens = 0  # tokens read by prefill passes (a counter for benchmarks)
+        self._known: list[tuple[list[int], list]] = []  # (tokens, per-layer keys and values) already computed
+
+    @contextmanager
+    def reusing(self, sequences: torch.Tensor, prompt_width: int, cache) -> "Iterator[None]":
+        """Within the block, prompts that begin with a row of `sequences` (left-padded prompts of `prompt_width`
+        tokens, then what was generated) take those tokens' keys and values from `cache` instead of reading them:
+        the cache `generate` returned for `sequences`, computed by the same weights. A cache that does not keep
+        every position (sliding window, static) is not used."""
+        if cache is None or not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
+            yield
+            return
+        length = cache.get_seq_length()
+        known = []
+        for i, row in enumerate(sequences[:, :length].tolist()):
+            start = next((k for k, t in enumerate(row[:prompt_width]) if t != self._pad_id), prompt_width)
+            layers = [(layer.keys[i, :, start:length], layer.values[i, :, start:length]) for layer in cache.layers]
+            known.append((row[start:length], layers))
+        before, self._known = self._known, self._known + known
+        try:
+            yield
+        finally:
+            self._known = before
 
     @classmethod
     def from_trainer(cls, trainer) -> "TransformersProver":
@@ -155,10 +177,13 @@ class TransformersProver:
         episode prefixes adds only the suffix. Every level pass always runs (on one pad token when it has nothing
         to read): ZeRO-3 ranks stay in step.
         """
-        parent, shared, level = prefix_tree(prompts)
-        compact: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * len(prompts)
+        known = len(self._known)
+        parent, shared, level = prefix_tree([t for t, _ in self._known] + list(prompts), known=known)
+        compact: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [layers for _, layers in self._known]
+        compact += [None] * len(prompts)
+        prompts = [t for t, _ in self._known] + list(prompts)  # indices below run over known rows, then prompts
         for depth in range(LEVELS):
-            rows = [i for i, lv in enumerate(level) if lv == depth]
+            rows = [i for i, lv in enumerate(level) if lv == depth and i >= known]
             past = [self._past(compact, parent[i], shared[i]) for i in rows]
             todo = [k for k, i in enumerate(rows) if len(prompts[i]) - 1 > shared[i]]
             for k, i in enumerate(rows):
@@ -172,9 +197,10 @@ class TransformersProver:
             if computed is None:  # a cache that does not keep every position (sliding window): read prompts whole
                 for _ in range(depth + 1, LEVELS):
                     model(input_ids=torch.full((1, 1), self._pad_id, device=self.device), logits_to_keep=1)
-                return *self._left_pad(prompts), None
+                return *self._left_pad(prompts[known:]), None
             for k, layers in zip(todo, computed):
                 compact[rows[k]] = layers
+        prompts, compact = prompts[known:], compact[known:]
         ids, mask = self._left_pad(prompts)
         filled = [c for c in compact if c is not None]
         if not filled:  # one-token prompts: nothing to cache
@@ -284,21 +310,23 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def prefix_tree(prompts: Sequence[Sequence[int]], levels: int = LEVELS) -> tuple[list, list[int], list[int]]:
+def prefix_tree(prompts: Sequence[Sequence[int]], levels: int = LEVELS, known: int = 0) -> tuple[list, list[int],
+                                                                                          list[int]]:
     """For each prompt: the parent whose cached tokens it reuses (None for a root), how many leading tokens it takes
     from it, and its level (0 for a root, parent's + 1 otherwise, below `levels`).
 
-    Longest prompts first; each takes the earlier prompt (of a level that can have children) it shares the most
-    leading tokens with. No prompt takes its own last token from a cache (it is read when sampling starts).
+    The first `known` prompts are roots whose every token is already cached (e.g. by generation); the others go
+    longest first, and each takes the earlier prompt (of a level that can have children) it shares the most leading
+    tokens with. No other prompt gives or takes its own last token from a cache (it is read when sampling starts).
     """
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    order = list(range(known)) + sorted(range(known, len(prompts)), key=lambda i: -len(prompts[i]))
     parent, shared, level = [None] * len(prompts), [0] * len(prompts), [0] * len(prompts)
     common = _common_lengths(prompts)
     done: list[int] = []
     for i in order:
         best, best_len = None, 0
-        for j in done:
-            n = min(common[i][j], len(prompts[i]) - 1, len(prompts[j]) - 1)
+        for j in done if i >= known else []:
+            n = min(common[i][j], len(prompts[i]) - 1, len(prompts[j]) - (j >= known))
             if level[j] < levels - 1 and n > best_len:
                 best, best_len = j, n
         if best is not None:
