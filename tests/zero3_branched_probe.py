@@ -13,6 +13,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from mrt.cli import build_trainer, parser
+from zero3_probe import leave
 
 
 class Probe(TrainerCallback):
@@ -56,6 +57,7 @@ def main():
     trainer.add_callback(Probe(trainer, out_dir))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    leave(trainer)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ class TransformersProver:
     order, so the prefixes of one completion sit in the same chunk and share their prefill. `generate` reads each
     prompt once and branches its samples from the cached keys and values; `likelihood` is one teacher-forced pass
     per chunk. With an `accelerator`, every rank makes the same number of model calls (a rank with fewer chunks
-    runs a tiny dummy chunk) so that ZeRO-3's collective parameter gathers stay in step.
+    runs a tiny dummy chunk) so that ZeRO-3's collective parameter gathers stay in step. Inside `reusing(...)`,
+    prompts that begin with already generated rows take those rows' keys and values instead of reading them.
     """
 
     def __init__(self, model_context, tokenizer, eos: set[int], generation_config: GenerationConfig,
