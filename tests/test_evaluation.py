@@ -145,6 +145,8 @@ def test_config_defaults_and_checks():
         EvalConfig(num_samples=0)
     with pytest.raises(ValueError, match="EvalConfig.backend"):
         EvalConfig(backend="tgi")
+    with pytest.raises(ValueError, match="EvalConfig.max_problems_this_run"):
+        EvalConfig(max_problems_this_run=-1)  # would never count down to 0: no limit by accident
     # More problems or other cutoffs reuse the records; another sampling setting does not.
     assert EvalConfig(num_problems=8).fingerprint() == EvalConfig(num_problems=16, cutoffs=[5]).fingerprint()
     assert EvalConfig().fingerprint() != EvalConfig(temperature=0.5).fingerprint()

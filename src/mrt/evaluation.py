@@ -102,6 +102,8 @@ class EvalConfig:
         _check(self.prover_temperature is None or self.prover_temperature >= 0, "prover_temperature",
                self.prover_temperature, "None or >= 0")
         _check(self.backend in BACKENDS, "backend", self.backend, f"one of {BACKENDS}")
+        _check(self.max_problems_this_run is None or self.max_problems_this_run >= 0, "max_problems_this_run",
+               self.max_problems_this_run, "None (no limit) or >= 0")
         if self.budgets is None:
             self.budgets = sorted({round(self.max_tokens * k / 4) for k in range(5)})
         self.budgets = sorted(set(int(b) for b in self.budgets))
