@@ -5,6 +5,7 @@ budget, then one report (results.json, results.csv, comparison.png, summary.md) 
     python scripts/compare_methods.py --config configs/compare_smollm2_arithmetic.yaml [--max_units N]
     python scripts/compare_methods.py --config configs/compare_smollm2_arithmetic.yaml --smoke   # tiny model, CI
 
+Add --units NAME ... to run only some units (one process per core or machine, disjoint units, one output_dir).
 Run the same command again to resume: finished units (OUTPUT_DIR/units/*.json) are kept, an interrupted one starts
 again. The library code is mrt.compare and mrt.compare_report; docs/experiment.md describes the outputs.
 """
@@ -22,11 +23,15 @@ def main(argv: list[str] | None = None) -> dict:
     args.add_argument("--smoke", action="store_true", help="Tiny model, 1 step per arm, first seed, 2 problems.")
     args.add_argument("--output_dir", default=None, help="Where units and the report go (default: the YAML's).")
     args.add_argument("--max_units", type=int, default=None, help="Run at most this many new units, then report.")
+    args.add_argument("--units", nargs="+", default=None, metavar="UNIT",
+                      help="Run only these units (e.g. grpo-seed1 mrt_dense-seed1); processes given disjoint units "
+                           "can share one output_dir, one per core or machine.")
     args.add_argument("--no_progress", action="store_true", help="No progress bars.")
     ns = args.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(ns.config, smoke=ns.smoke, output_dir=ns.output_dir)
-    report = run_comparison(config, progress_bar=not ns.no_progress, max_units=ns.max_units)
+    report = run_comparison(config, progress_bar=not ns.no_progress, max_units=ns.max_units,
+                            units=ns.units)
     print(f"\n{report['name']}: {report['units_done']} of {report['units_planned']} units done\n")
     print(markdown_table(report))
     print(f"\nWrote {config.output_dir}/results.json, results.csv, comparison.png, summary.md")

@@ -86,6 +86,21 @@ def test_finished_units_are_not_redone(smoke):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")} == before
 
 
+def test_units_runs_only_the_named_units_and_reports_every_finished_one(smoke, tmp_path):
+    import shutil
+
+    out = tmp_path / "compare"
+    shutil.copytree(smoke[0], out, ignore=shutil.ignore_patterns("work"))
+    (out / "units" / "grpo-seed0.json").unlink()
+    (out / "units" / "mrt_dense-seed0.json").unlink()
+    config = load_config(CPU_CONFIG, smoke=True, output_dir=str(out))
+    with pytest.raises(ValueError, match="units"):
+        run_comparison(config, progress_bar=False, units=["grpo-seed7"])
+    report = run_comparison(config, progress_bar=False, units=["grpo-seed0"])
+    assert (out / "units" / "grpo-seed0.json").exists() and not (out / "units" / "mrt_dense-seed0.json").exists()
+    assert report["units_done"] == 5
+
+
 def _without_timings(value):
     if isinstance(value, dict):
         return {k: _without_timings(v) for k, v in value.items() if not any(t in k for t in TIMINGS)}

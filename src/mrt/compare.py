@@ -247,7 +247,9 @@ def write_held_out(config: CompareConfig) -> Path:
            "that no arm trains on; lower evaluation.num_problems or num_train_problems")
     path = Path(config.output_dir) / PROBLEMS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes running other units write it too
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
     return path
 
 
@@ -402,9 +404,11 @@ def save_unit(path: Path, data: dict) -> None:
 
 
 def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: int | None = None,
-                   on_stage=None) -> dict:
-    """Run every unit not yet finished (at most `max_units` this time), then write the report from every finished
-    unit; returns the report. `on_stage(unit, stage)` is called after 'trained' and 'evaluated'."""
+                   on_stage=None, units: list[str] | None = None) -> dict:
+    """Run every unit not yet finished (only those named in `units` if given, at most `max_units` this time), then
+    write the report from every unit finished on disk; returns the report. Processes given disjoint `units` can
+    share one output_dir (one per core or machine). `on_stage(unit, stage)` is called after 'trained' and
+    'evaluated'."""
     from tqdm.auto import tqdm
 
     from mrt.compare_report import build_report, write_report
@@ -414,8 +418,10 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
     if not ignore.exists():
         ignore.write_text("# mrt.compare: commit the units, problems and report; never the work folder\nwork/\n*.tmp\n")
     plan = [(name, arm, seed, fingerprint(config, arm, seed, problems)) for name, arm, seed in config.units()]
+    unknown = sorted(set(units or ()) - {name for name, *_ in plan})
+    _check(not unknown, "units", unknown, f"names of planned units: {', '.join(name for name, *_ in plan)}")
     done = {name: unit for name, _, _, fp in plan if (unit := load_unit(unit_path(config, name), fp))}
-    todo = [p for p in plan if p[0] not in done]
+    todo = [p for p in plan if p[0] not in done and (units is None or p[0] in units)]
     if max_units is not None:
         todo = todo[:max_units]
     bar = tqdm(total=len(plan), initial=len(done), desc="units", disable=not progress_bar)
@@ -433,6 +439,8 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
             shutil.rmtree(work, ignore_errors=True)
         bar.update(1)
     bar.close()
+    # units other processes finished meanwhile count too
+    done = {name: unit for name, _, _, fp in plan if (unit := load_unit(unit_path(config, name), fp))}
     budgets, _ = eval_budgets(config)
     report = build_report(config.name, [done[name] for name, *_ in plan if name in done],
                           [a.name for a in config.arms], budgets, training_budget(config),
