@@ -1,7 +1,7 @@
 import pytest
 
 from mrt import MRTConfig
-from mrt.config import SUFFIX_PRESETS
+from mrt.fields import SUFFIX_PRESETS
 from mrt.prover import termination_suffix
 
 

@@ -187,7 +187,10 @@ def test_gpu_recipe_has_the_papers_sft_settings():
 
 @pytest.mark.parametrize("field, value", [("selection", "best"), ("keep_per_problem", 0), ("num_generations", 0),
                                           ("prover", "mu"), ("max_episodes", 0), ("generation_backend", "tpu"),
-                                          ("completion_only_loss", False), ("iterations", 0)])
+                                          ("completion_only_loss", False), ("iterations", 0),
+                                          # the fields shared with MRTConfig (mrt.fields) name STaRConfig too
+                                          ("min_paragraphs_between", -1), ("episode_fallback", "sentences"),
+                                          ("prover_temperature", 0.0), ("prover_model", " ")])
 def test_config_errors_name_the_field(field, value, tmp_path):
     from mrt.star import STaRConfig
 

@@ -5,31 +5,18 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from mrt.checks import check
-from mrt.episodes import DEFAULT_MARKERS, FALLBACKS, EpisodeRules, no_empty_tag
-
-AUTHORS_SUFFIX = (
-    "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
-    "formulate a final answer based on what I already have.\n"
-)
-
-# Named termination suffixes: (text before the end-of-thinking tag, text after it).
-SUFFIX_PRESETS = {
-    # The authors' suffix: mu then writes a whole answer.
-    "authors": (AUTHORS_SUFFIX, ""),
-    # Ends at the answer slot, so mu writes only the answer (a handful of tokens).
-    "boxed": (AUTHORS_SUFFIX, "\nThe final answer is $\\boxed{"),
-}
+from mrt.fields import EpisodeFields, ProverFields
 
 PROGRESS_MODES = ("dense", "termination_baseline", "branched")
 PREFIX_SOURCES = ("rollouts", "dataset")
-PROVERS = ("policy", "server")
 ESTIMATORS = ("sampling", "likelihood")
 
 
 @dataclass
-class MRTConfig(GRPOConfig):
+class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
     r"""
-    Configuration for [`MRTTrainer`]: every [`~trl.GRPOConfig`] field plus the MRT fields below.
+    Configuration for [`MRTTrainer`]: every [`~trl.GRPOConfig`] field, the episode and prover fields MRT (STaR)
+    shares (`mrt.fields`), and the MRT (RL) fields below.
 
     The per-token advantage is `A_t = A(z) + alpha * progress_{j(t)}`, where `progress_j = J_j - J_{j-1}` is the
     change in the prover's success rate made by the episode `j` that holds token `t`.
@@ -61,51 +48,7 @@ class MRTConfig(GRPOConfig):
         },
     )
 
-    # Episodes
-    episode_markers: list[str] = field(
-        default_factory=lambda: list(DEFAULT_MARKERS),
-        metadata={"help": "A paragraph that begins with one of these words starts a new episode."},
-    )
-    min_paragraphs_between: int = field(
-        default=1,
-        metadata={"help": "A marker boundary closer than this many paragraphs to the previous one is skipped."},
-    )
-    max_episodes: int = field(
-        default=4,
-        metadata={"help": "At most this many episodes per completion; more are merged evenly."},
-    )
-    episode_fallback: str = field(
-        default="paragraphs",
-        metadata={
-            "help": "Split used when a completion has no marker: 'paragraphs' (then fixed chunks if there is only "
-            "one paragraph), 'chunks', or 'none' (one episode).",
-            "choices": list(FALLBACKS),
-        },
-    )
-    episode_chunk_tokens: int = field(
-        default=64,
-        metadata={"help": "Chunk size in tokens for the fixed-size chunk fallback."},
-    )
-    end_of_thinking_tag: str | None = field(
-        default="auto",
-        metadata={
-            "help": "End-of-thinking tag, e.g. '</think>'. Text after it belongs to the last episode and the tag "
-            "closes the termination suffix. 'auto': '</think>' when the tokenizer has it as a token, else none. "
-            "None or '': no tag."
-        },
-    )
-
     # Prover mu
-    prover: str = field(
-        default="policy",
-        metadata={
-            "help": "Where mu comes from. 'policy': the current policy through the trainer's own generation engine "
-            "(TRL's vLLM engine or client when `use_vllm`, else the transformers model; no second copy). "
-            "'server': a frozen model served by `vllm serve MODEL --enable-prefix-caching` at `prover_server_url` "
-            "(it must use the policy's tokenizer).",
-            "choices": list(PROVERS),
-        },
-    )
     prover_estimator: str = field(
         default="sampling",
         metadata={
@@ -122,57 +65,6 @@ class MRTConfig(GRPOConfig):
             "help": "Likelihood estimator: the text whose probability is J, with '{answer}' replaced by the gold "
             "answer. The default closes the 'boxed' suffix's '$\\boxed{' the way the model writes it: a tokenizer "
             "that has '}$' as one token gives a plain '}' little probability."
-        },
-    )
-    prover_num_samples: int = field(
-        default=4,
-        metadata={"help": "Samples of mu per prefix; J_j is their mean 0/1 reward."},
-    )
-    prover_max_tokens: int = field(
-        default=64,
-        metadata={"help": "Maximum new tokens mu writes after the termination suffix."},
-    )
-    prover_temperature: float | None = field(
-        default=None,
-        metadata={"help": "Sampling temperature of mu. None: the policy's `temperature`."},
-    )
-    termination_suffix: str = field(
-        default="authors",
-        metadata={
-            "help": "Text appended to each prefix to make mu answer now. A preset name ('authors': the paper's "
-            "'Time is up...' suffix; 'boxed': the same ending at '\\boxed{' so mu writes only the answer) or "
-            "literal text."
-        },
-    )
-    prover_stop: list[str] | None = field(
-        default=None,
-        metadata={"help": "Stop strings for mu, e.g. ['}'] with the 'boxed' suffix and integer answers."},
-    )
-    prover_batch_size: int = field(
-        default=64,
-        metadata={
-            "help": "Sequences per prover generate call on the transformers path (bounds memory); with "
-            "prover='server', sequences (prompts x samples) per request to the server."
-        },
-    )
-
-    prover_server_url: str = field(
-        default="http://localhost:8000/v1",
-        metadata={"help": "prover='server': base URL of the OpenAI-compatible vLLM server that serves mu."},
-    )
-    prover_model: str | None = field(
-        default=None,
-        metadata={"help": "prover='server': the served model name to ask. None: the one model the server serves."},
-    )
-    prover_timeout: float = field(
-        default=600.0,
-        metadata={"help": "prover='server': seconds one request may take before it is retried."},
-    )
-    prover_max_retries: int = field(
-        default=3,
-        metadata={
-            "help": "prover='server': retries of a failed request (connection error, timeout, 5xx), with "
-            "exponential backoff, before training stops with an error."
         },
     )
 
@@ -219,12 +111,10 @@ class MRTConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.episode_markers = list(self.episode_markers or [])
-        self.end_of_thinking_tag = no_empty_tag(self.end_of_thinking_tag)
-        self.episode_rules(None)  # EpisodeRules checks the episode fields
+        self.check_episode_fields()
+        self.check_prover_fields()
         _check(self.alpha >= 0 and self.alpha == self.alpha, "alpha", self.alpha, "a number >= 0")
         _check(self.progress_mode in PROGRESS_MODES, "progress_mode", self.progress_mode, f"one of {PROGRESS_MODES}")
-        _check(self.prover in PROVERS, "prover", self.prover, f"one of {PROVERS}")
         _check(self.prover_estimator in ESTIMATORS, "prover_estimator", self.prover_estimator,
                f"one of {ESTIMATORS}")
         _check("{answer}" in self.prover_answer_format, "prover_answer_format", self.prover_answer_format,
@@ -232,19 +122,6 @@ class MRTConfig(GRPOConfig):
         _check(self.prover_estimator != "likelihood" or self.termination_suffix != "authors", "prover_estimator",
                self.prover_estimator, "'sampling' with the 'authors' suffix, which does not end at the answer slot "
                "(use termination_suffix='boxed' or your own suffix ending where the answer starts)")
-        _check(self.prover_num_samples >= 1, "prover_num_samples", self.prover_num_samples, ">= 1")
-        _check(self.prover_max_tokens >= 1, "prover_max_tokens", self.prover_max_tokens, ">= 1")
-        _check(self.prover_batch_size >= 1, "prover_batch_size", self.prover_batch_size, ">= 1")
-        _check(self.prover_temperature is None or self.prover_temperature > 0, "prover_temperature",
-               self.prover_temperature, "None or > 0")
-        _check(bool(self.termination_suffix), "termination_suffix", self.termination_suffix,
-               f"a preset {tuple(SUFFIX_PRESETS)} or non-empty text")
-        _check(self.prover_server_url.startswith(("http://", "https://")), "prover_server_url",
-               self.prover_server_url, "an http(s) URL such as 'http://localhost:8000/v1'")
-        _check(self.prover_model is None or bool(self.prover_model.strip()), "prover_model", self.prover_model,
-               "None or a served model name")
-        _check(self.prover_timeout > 0, "prover_timeout", self.prover_timeout, "> 0 seconds")
-        _check(self.prover_max_retries >= 0, "prover_max_retries", self.prover_max_retries, ">= 0")
         _check(self.prefix_source in PREFIX_SOURCES, "prefix_source", self.prefix_source,
                f"one of {PREFIX_SOURCES}")
         _check(bool(self.prefix_column), "prefix_column", self.prefix_column, "a column name")
@@ -270,18 +147,6 @@ class MRTConfig(GRPOConfig):
         if self.estimate_progress is False:
             _check(self.alpha == 0 and self.progress_mode == "dense", "estimate_progress", False,
                    "True or None while alpha > 0 or progress_mode != 'dense' (they need the prover)")
-
-    def episode_rules(self, end_of_thinking_tag: str | None) -> EpisodeRules:
-        """The episode rules of these settings (with the resolved end-of-thinking tag)."""
-        fields = {"markers": "episode_markers", "min_paragraphs_between": "min_paragraphs_between",
-                  "max_episodes": "max_episodes", "fallback": "episode_fallback", "chunk_tokens": "episode_chunk_tokens"}
-        try:
-            return EpisodeRules(markers=tuple(self.episode_markers), min_paragraphs_between=self.min_paragraphs_between,
-                                max_episodes=self.max_episodes, fallback=self.episode_fallback,
-                                chunk_tokens=self.episode_chunk_tokens, end_of_thinking_tag=end_of_thinking_tag)
-        except ValueError as error:
-            name = next((f for rule, f in fields.items() if str(error).startswith(rule)), "episode_markers")
-            raise ValueError(f"MRTConfig.{name} = {getattr(self, name)!r} is invalid: {error}.") from None
 
     @property
     def runs_prover(self) -> bool:

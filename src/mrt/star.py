@@ -20,15 +20,14 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from trl import SFTConfig
 
 from mrt.checks import check
-from mrt.config import PROVERS, SUFFIX_PRESETS
 from mrt.data import SYSTEM_PROMPT
-from mrt.episodes import DEFAULT_MARKERS, FALLBACKS, EpisodeRules, no_empty_tag
+from mrt.fields import EpisodeFields, ProverFields
 from mrt.generation import BACKENDS
 from mrt.star_select import SELECTIONS
 
@@ -38,9 +37,10 @@ DONE = "mrt_star_done.json"  # written into a model folder once its iteration ha
 
 
 @dataclass
-class STaRConfig(SFTConfig):
+class STaRConfig(SFTConfig, EpisodeFields, ProverFields):
     """Configuration of MRT (STaR): TRL's SFTConfig (the fine-tuning step: learning_rate, num_train_epochs, batch
-    sizes, output_dir, seed, ...) plus the fields below."""
+    sizes, output_dir, seed, ...), the episode and prover fields MRT (RL) shares (`mrt.fields`; with `prover:
+    policy`, mu is the model being improved through the generation engine), and the fields below."""
 
     # SFT defaults that differ from TRL's: the paper's learning rate, loss on the completion only.
     learning_rate: float = field(default=1e-6, metadata={"help": "SFT learning rate (the paper: 1e-6)."})
@@ -75,42 +75,6 @@ class STaRConfig(SFTConfig):
         "help": "Problems per generation batch and per prover call; a batch is also the unit that a resumed run "
                 "regenerates (with the same seed, so the same traces)."})
 
-    # Prover mu
-    prover: str = field(default="policy", metadata={
-        "help": "Where mu comes from. 'policy': the model being improved, through the generation engine. 'server': "
-                "a frozen model served by `vllm serve MODEL` at prover_server_url (same tokenizer).",
-        "choices": list(PROVERS)})
-    prover_num_samples: int = field(default=4, metadata={"help": "Samples of mu per prefix; J_j is their mean reward."})
-    prover_max_tokens: int = field(default=64, metadata={"help": "Maximum tokens mu writes after the suffix."})
-    prover_temperature: float | None = field(default=None, metadata={
-        "help": "Sampling temperature of mu. None: `temperature`."})
-    termination_suffix: str = field(default="authors", metadata={
-        "help": "Text that makes mu answer now: a preset ('authors', 'boxed') or literal text. It also joins a cut "
-                "trace to mu's answer."})
-    prover_stop: list[str] | None = field(default=None, metadata={
-        "help": "Stop strings of mu, e.g. ['}'] with the 'boxed' suffix and integer answers."})
-    prover_batch_size: int = field(default=64, metadata={
-        "help": "prover='server': sequences per request. (With 'policy', mu shares the generation engine and its "
-                "generation_batch_size.)"})
-    prover_server_url: str = field(default="http://localhost:8000/v1", metadata={
-        "help": "prover='server': base URL of the OpenAI-compatible vLLM server that serves mu."})
-    prover_model: str | None = field(default=None, metadata={
-        "help": "prover='server': the served model name. None: the one model the server serves."})
-    prover_timeout: float = field(default=600.0, metadata={"help": "prover='server': seconds per request."})
-    prover_max_retries: int = field(default=3, metadata={"help": "prover='server': retries of a failed request."})
-
-    # Episodes (the trainer's rules)
-    episode_markers: list[str] = field(default_factory=lambda: list(DEFAULT_MARKERS), metadata={
-        "help": "A paragraph that begins with one of these words starts a new episode."})
-    min_paragraphs_between: int = field(default=1, metadata={
-        "help": "A marker boundary closer than this many paragraphs to the previous one is skipped."})
-    max_episodes: int = field(default=4, metadata={"help": "At most this many episodes per trace."})
-    episode_fallback: str = field(default="paragraphs", metadata={
-        "help": "Split without markers: 'paragraphs', 'chunks' or 'none'.", "choices": list(FALLBACKS)})
-    episode_chunk_tokens: int = field(default=64, metadata={"help": "Chunk size of the chunk fallback."})
-    end_of_thinking_tag: str | None = field(default="auto", metadata={
-        "help": "End-of-thinking tag; 'auto': '</think>' when the tokenizer has it; None or '': none."})
-
     # Selection
     selection: str = field(default="progress", metadata={
         "help": "'progress' (MRT-STaR): per problem, the correct traces with the lowest cumulative regret of their J "
@@ -127,55 +91,32 @@ class STaRConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.end_of_thinking_tag = no_empty_tag(self.end_of_thinking_tag)
+        self.check_episode_fields()
+        self.check_prover_fields()
         if self.system_prompt == "":
             self.system_prompt = None
-        self.episode_markers = list(self.episode_markers or [])
         _check(bool(self.model_name_or_path), "model_name_or_path", self.model_name_or_path, "a model")
         _check(bool(self.dataset_name), "dataset_name", self.dataset_name, "a dataset")
         _check(bool(self.answer_column), "answer_column", self.answer_column, "a column name")
         _check(self.num_train_problems is None or self.num_train_problems >= 1, "num_train_problems",
                self.num_train_problems, "None or >= 1")
         for name in ("num_generations", "max_completion_length", "generation_batch_size", "problems_per_batch",
-                     "prover_num_samples", "prover_max_tokens", "prover_batch_size", "keep_per_problem",
-                     "iterations", "max_episodes", "episode_chunk_tokens"):
+                     "keep_per_problem", "iterations"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _check(self.temperature >= 0, "temperature", self.temperature, ">= 0")
-        _check(self.prover_temperature is None or self.prover_temperature >= 0, "prover_temperature",
-               self.prover_temperature, "None or >= 0")
         _check(self.generation_backend in BACKENDS, "generation_backend", self.generation_backend,
                f"one of {BACKENDS}")
-        _check(self.prover in PROVERS, "prover", self.prover, f"one of {PROVERS}")
-        _check(bool(self.termination_suffix), "termination_suffix", self.termination_suffix,
-               f"a preset {tuple(SUFFIX_PRESETS)} or non-empty text")
-        _check(self.prover_server_url.startswith(("http://", "https://")), "prover_server_url",
-               self.prover_server_url, "an http(s) URL")
-        _check(self.prover_timeout > 0, "prover_timeout", self.prover_timeout, "> 0 seconds")
-        _check(self.prover_max_retries >= 0, "prover_max_retries", self.prover_max_retries, ">= 0")
         _check(self.selection in SELECTIONS, "selection", self.selection, f"one of {SELECTIONS}")
         _check(self.min_reward == self.min_reward, "min_reward", self.min_reward, "a number")
         _check(self.completion_only_loss is not False, "completion_only_loss", self.completion_only_loss,
                "True: MRT-STaR trains on the traces, not on the prompts")
-        _check(self.min_paragraphs_between >= 0, "min_paragraphs_between", self.min_paragraphs_between, ">= 0")
-        _check(self.episode_fallback in FALLBACKS, "episode_fallback", self.episode_fallback,
-               f"one of {FALLBACKS}")
-        try:
-            self.episode_rules(None)
-        except ValueError as error:
-            raise ValueError(f"STaRConfig episode fields are invalid: {error}") from None
-
-    def episode_rules(self, tag: str | None) -> EpisodeRules:
-        return EpisodeRules(markers=tuple(self.episode_markers), min_paragraphs_between=self.min_paragraphs_between,
-                            max_episodes=self.max_episodes, fallback=self.episode_fallback,
-                            chunk_tokens=self.episode_chunk_tokens, end_of_thinking_tag=tag)
 
     def fingerprint(self, model: str, iteration: int, part: str) -> str:
         """Hash of the settings that decide the records of one iteration's `part` ('traces' or 'scores')."""
         names = ["dataset_name", "dataset_train_split", "problem_column", "answer_column", "system_prompt",
                  "num_generations", "max_completion_length", "temperature", "problems_per_batch", "seed"]
         if part == "scores":
-            names += [n for n in asdict(self) if n.startswith("prover") or n.startswith("episode")]
-            names += ["termination_suffix", "min_paragraphs_between", "max_episodes", "end_of_thinking_tag"]
+            names += [f.name for f in (*fields(EpisodeFields), *fields(ProverFields))]
         keep = {n: getattr(self, n) for n in sorted(set(names))}
         keep.update(model=model, iteration=iteration, part=part)
         return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
