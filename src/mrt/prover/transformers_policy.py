@@ -158,15 +158,49 @@ class TransformersProver:
         returned rows are grouped by prompt."""
         ids, mask, cache = self._prefill(model, prompts)
         self.prefill_tokens += int(mask.sum()) - len(prompts) if cache is None else 0
-        width = ids.size(1)
         if cache is not None:
             cache.batch_repeat_interleave(num_samples)
-        extra = {"stopping_criteria": StoppingCriteriaList([StopOnText(self.tokenizer, stop, width)])} \
-            if stop else {}
-        out = model.generate(input_ids=ids.repeat_interleave(num_samples, dim=0),
-                             attention_mask=mask.repeat_interleave(num_samples, dim=0),
-                             past_key_values=cache, generation_config=config, **extra)
-        return [cut_at_eos(row, self.eos) for row in out[:, width:].tolist()]
+        rows = self._decode(model, ids.repeat_interleave(num_samples, dim=0),
+                            mask.repeat_interleave(num_samples, dim=0), cache, config, stop)
+        return [cut_at_eos(row, self.eos) for row in rows]
+
+    def _decode(self, model, ids, mask, cache, config, stop) -> list[list[int]]:
+        """The new tokens of every row: all rows decode their first `FIRST_TOKENS`, then only the rows that have not
+        ended go on, from their cached keys and values (mu's answers are mostly a few tokens, and `generate` keeps
+        decoding every row of a batch until its longest one ends). Whether a second pass runs is decided over all
+        ranks: under ZeRO-3 every rank must call the model as often as the others."""
+        width = ids.size(1)
+        first = copy.deepcopy(config)
+        first.max_new_tokens, first.return_dict_in_generate = min(config.max_new_tokens, FIRST_TOKENS), True
+        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=first,
+                             **self._stopping(stop, width))
+        rows = out.sequences[:, width:].tolist()
+        rest = config.max_new_tokens - first.max_new_tokens
+        going = [i for i, row in enumerate(rows) if not self._ended(row, stop)] if rest > 0 else []
+        if not max_over_ranks(int(bool(going)), self.accelerator):
+            return rows
+        keep = going or [0]  # a rank with nothing left decodes one row (then drops it) beside the others
+        index = torch.tensor(keep, device=ids.device)
+        sequences = out.sequences[index]
+        mask = torch.cat([mask[index], mask.new_ones(len(keep), sequences.size(1) - width)], dim=1)
+        cache = out.past_key_values
+        if cache is not None:
+            cache.batch_select_indices(index)
+        more = copy.deepcopy(config)
+        more.max_new_tokens = rest
+        tail = model.generate(input_ids=sequences, attention_mask=mask, past_key_values=cache,
+                              generation_config=more, **self._stopping(stop, width))
+        for i, row in zip(going, tail[:, width:].tolist()):
+            rows[i] = row
+        return rows
+
+    def _stopping(self, stop, width: int) -> dict:
+        return {"stopping_criteria": StoppingCriteriaList([StopOnText(self.tokenizer, stop, width)])} if stop else {}
+
+    def _ended(self, row: list[int], stop) -> bool:
+        if any(t in self.eos for t in row):
+            return True
+        return bool(stop) and any(s in self.tokenizer.decode(row, skip_special_tokens=True) for s in stop)
 
     def _prefill(self, model, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
         """Left-padded ids, mask and a cache of every prompt but its last token, reading shared leading tokens once.
@@ -278,6 +312,8 @@ class TransformersProver:
         return [sum(logps[i, start + k, token].item() for k, token in enumerate(answer))
                 for i, (start, answer) in enumerate(zip(starts, answers))]
 
+
+FIRST_TOKENS = 4  # tokens every sampled row decodes before the rows that have ended drop out
 
 LEVELS = 4  # prefill passes: a group's prompt, completions (one may branch off another), each prefix's suffix
 
