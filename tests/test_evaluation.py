@@ -152,6 +152,8 @@ def test_config_defaults_and_checks():
     assert EvalConfig().fingerprint() != EvalConfig(temperature=0.5).fingerprint()
     # Problems sampled together draw other numbers.
     assert EvalConfig().fingerprint() != EvalConfig(problems_per_call=1).fingerprint()
+    # So do other splits of a chunk into generate calls.
+    assert EvalConfig().fingerprint() != EvalConfig(batch_size=16).fingerprint()
 
 
 def test_records_with_a_cut_last_line_and_other_settings(tmp_path):

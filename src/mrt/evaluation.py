@@ -82,7 +82,9 @@ class EvalConfig:
     backend: str = field(default="auto", metadata={
         "help": "'auto' (vLLM when it imports, else transformers), 'vllm' or 'transformers'."})
     dtype: str = field(default="float32", metadata={"help": "Model dtype ('float32', 'bfloat16', 'auto')."})
-    batch_size: int = field(default=64, metadata={"help": "Sequences per generate call (transformers backend)."})
+    batch_size: int = field(default=64, metadata={
+        "help": "Sequences per generate call (transformers backend); it changes the random draws, so it is part of "
+                "the records' settings."})
     problems_per_call: int = field(default=16, metadata={
         "help": "Problems sampled together (one generate call and one prover call per chunk of problems, fixed by "
                 "index); it changes the random draws, so it is part of the records' settings. 1: one per call."})
@@ -121,9 +123,12 @@ class EvalConfig:
         """Hash of the settings that change a problem's record (not the number of problems or the tables)."""
         keep = {k: v for k, v in asdict(self).items()
                 if k not in ("models", "num_problems", "cutoffs", "target_accuracies", "output_dir",
-                             "max_problems_this_run", "batch_size")}
-        if keep["problems_per_call"] == 1:  # the draws of one problem per call, as before the field existed
+                             "max_problems_this_run")}
+        # Left out at the values records were made with before these fields counted, so that those records resume.
+        if keep["problems_per_call"] == 1:  # the draws of one problem per call
             del keep["problems_per_call"]
+        if keep["batch_size"] == 64:  # sequences per generate call: another split of a chunk draws other numbers
+            del keep["batch_size"]
         return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
