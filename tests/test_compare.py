@@ -100,6 +100,18 @@ def test_units_runs_only_the_named_units_and_reports_every_finished_one(smoke, t
     assert (out / "units" / "grpo-seed0.json").exists() and not (out / "units" / "mrt_dense-seed0.json").exists()
     assert report["units_done"] == 5
 
+    # A unit another process finishes while this one runs is taken from disk, not run again.
+    dense = (smoke[0] / "units" / "mrt_dense-seed0.json").read_text()
+    (out / "units" / "grpo-seed0.json").unlink()
+
+    def other_process_finishes_dense(unit, stage):
+        if unit == "grpo-seed0" and stage == "evaluated":
+            (out / "units" / "mrt_dense-seed0.json").write_text(dense)
+
+    report = run_comparison(config, progress_bar=False, on_stage=other_process_finishes_dense)
+    assert (out / "units" / "mrt_dense-seed0.json").read_text() == dense
+    assert report["units_done"] == 6
+
 
 def _without_timings(value):
     if isinstance(value, dict):

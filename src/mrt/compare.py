@@ -426,6 +426,10 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
         todo = todo[:max_units]
     bar = tqdm(total=len(plan), initial=len(done), desc="units", disable=not progress_bar)
     for name, arm, seed, fp in todo:
+        if finished := load_unit(unit_path(config, name), fp):  # another process finished it meanwhile
+            done[name] = finished
+            bar.update(1)
+            continue
         bar.set_postfix_str(name)
         work = Path(config.work_dir) / name
         shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
