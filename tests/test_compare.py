@@ -277,6 +277,6 @@ def test_report_intervals_targets_and_table():
     assert grpo["curves"]["reward"] == [{"step": 1, "mean": 0.5, "min": 0.5, "max": 0.5, "n_seeds": 2}]
     assert grpo["wall_seconds"]["total"] == 10.0
     table = markdown_table(report)
-    assert "| mrt | 2 | 0.500 [" in table and "| never |" in table
-    assert table.splitlines()[0].startswith("| arm | seeds | acc@1x (8) | acc@2x (16) |")
+    assert "| mrt | 2 | 0.000 [0.000, 0.000] | 0.500 [" in table and "| never |" in table
+    assert table.splitlines()[0].startswith("| arm | seeds | acc@0 (answer at once) | acc@1x (8) | acc@2x (16) |")
     assert math.isclose(report["arms"]["base"]["accuracy"][1]["mean"], 0.5)

@@ -174,11 +174,11 @@ def _fmt(row: dict | None, digits: int = 3) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    """One row per arm: accuracy at each budget > 0, regret at the largest cutoff, tokens to the base's best
+    """One row per arm: accuracy at each budget (0: forced to answer right after the prompt), regret at the largest cutoff, tokens to the base's best
     accuracy, mean completion length, wall time; mean [95% interval]."""
-    budgets = [b for b in report["budgets"] if b > 0]
+    budgets = report["budgets"]
     base = report["training_budget"]
-    head = (["arm", "seeds"] + [f"acc@{b / base:g}x ({b})" for b in budgets]
+    head = (["arm", "seeds"] + [f"acc@{b / base:g}x ({b})" if b else "acc@0 (answer at once)" for b in budgets]
             + [f"regret@{budgets[-1]}", "tokens to base best", "mean length", "train s/unit", "wall s (all)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, s in report["arms"].items():
