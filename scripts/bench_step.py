@@ -9,8 +9,6 @@ table; its last line is the MRT/GRPO step-time ratio alone (first estimator, fir
 run is left out of the means when there are more than one (it pays one-off start-up costs).
 """
 
-import ctypes
-import gc
 import statistics
 import sys
 import tempfile
@@ -21,6 +19,7 @@ from trl import ModelConfig, TrlParser
 
 from mrt import MRTConfig
 from mrt.cli import MRTScriptArguments, build_trainer
+from mrt.models import release_memory
 
 
 @dataclass
@@ -44,11 +43,7 @@ PARSER = TrlParser((MRTScriptArguments, MRTConfig, ModelConfig, BenchArguments))
 def peak_rss_reset() -> None:
     """Free what earlier runs left (their trainers sit in reference cycles until collected), then start a new
     peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM): later runs are not charged for earlier ones."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:

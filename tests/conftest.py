@@ -38,11 +38,6 @@ def _free_memory_after_each_module():
     """Trainers, models and in-process vLLM engines sit in reference cycles; free them before the next module
     (the suite runs in CI machines of 24 GB, beside 2-rank runs that hold their own models and engines)."""
     yield
-    import ctypes
-    import gc
+    from mrt.models import release_memory
 
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap pages otherwise
-    except (OSError, AttributeError):
-        pass
+    release_memory()

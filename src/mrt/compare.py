@@ -11,7 +11,6 @@ interrupted one starts again from nothing. `mrt.compare_report` turns the unit f
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -25,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from mrt.checks import check
+from mrt.models import release_memory
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def train_rl(fields: dict) -> tuple[str, list[dict], dict]:
     trainer.save_model(folder)
     history = list(trainer.state.log_history)
     del trainer
-    gc.collect()
+    release_memory()
     return folder, history, {}
 
 
@@ -403,6 +403,11 @@ def save_unit(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _finished(config: CompareConfig, plan: list) -> dict[str, dict]:
+    """The planned units whose files are on disk, by name."""
+    return {name: unit for name, _, _, fp in plan if (unit := load_unit(unit_path(config, name), fp))}
+
+
 def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: int | None = None,
                    on_stage=None, units: list[str] | None = None) -> dict:
     """Run every unit not yet finished (only those named in `units` if given, at most `max_units` this time), then
@@ -420,14 +425,13 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
     plan = [(name, arm, seed, fingerprint(config, arm, seed, problems)) for name, arm, seed in config.units()]
     unknown = sorted(set(units or ()) - {name for name, *_ in plan})
     _check(not unknown, "units", unknown, f"names of planned units: {', '.join(name for name, *_ in plan)}")
-    done = {name: unit for name, _, _, fp in plan if (unit := load_unit(unit_path(config, name), fp))}
+    done = _finished(config, plan)
     todo = [p for p in plan if p[0] not in done and (units is None or p[0] in units)]
     if max_units is not None:
         todo = todo[:max_units]
     bar = tqdm(total=len(plan), initial=len(done), desc="units", disable=not progress_bar)
     for name, arm, seed, fp in todo:
-        if finished := load_unit(unit_path(config, name), fp):  # another process finished it meanwhile
-            done[name] = finished
+        if load_unit(unit_path(config, name), fp):  # another process finished it meanwhile
             bar.update(1)
             continue
         bar.set_postfix_str(name)
@@ -438,13 +442,11 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
         result = run_unit(config, arm, seed, problems, work, progress_bar, stage)
         result.update(unit=name, fingerprint=fp, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         save_unit(unit_path(config, name), result)
-        done[name] = result
         if not config.keep_models:
             shutil.rmtree(work, ignore_errors=True)
         bar.update(1)
     bar.close()
-    # units other processes finished meanwhile count too
-    done = {name: unit for name, _, _, fp in plan if (unit := load_unit(unit_path(config, name), fp))}
+    done = _finished(config, plan)  # this run's units and those other processes finished meanwhile
     budgets, _ = eval_budgets(config)
     report = build_report(config.name, [done[name] for name, *_ in plan if name in done],
                           [a.name for a in config.arms], budgets, training_budget(config),

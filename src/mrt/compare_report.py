@@ -174,8 +174,8 @@ def _fmt(row: dict | None, digits: int = 3) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    """One row per arm: accuracy at each budget (0: forced to answer right after the prompt), regret at the largest cutoff, tokens to the base's best
-    accuracy, mean completion length, wall time; mean [95% interval]."""
+    """One row per arm: accuracy at each budget (0: forced to answer right after the prompt), regret at the largest
+    cutoff, tokens to the base's best accuracy, mean completion length, wall time; mean [95% interval]."""
     budgets = report["budgets"]
     base = report["training_budget"]
     head = (["arm", "seeds"] + [f"acc@{b / base:g}x ({b})" if b else "acc@0 (answer at once)" for b in budgets]
