@@ -170,13 +170,17 @@ class TransformersProver:
         decoding every row of a batch until its longest one ends). Whether a second pass runs is decided over all
         ranks: under ZeRO-3 every rank must call the model as often as the others."""
         width = ids.size(1)
+        criteria = StoppingCriteriaList([StopOnText(self.tokenizer, stop, width)]) if stop else None
         first = copy.deepcopy(config)
         first.max_new_tokens, first.return_dict_in_generate = min(config.max_new_tokens, FIRST_TOKENS), True
         out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=first,
-                             **self._stopping(stop, width))
+                             stopping_criteria=criteria)
         rows = out.sequences[:, width:].tolist()
         rest = config.max_new_tokens - first.max_new_tokens
-        going = [i for i, row in enumerate(rows) if not self._ended(row, stop)] if rest > 0 else []
+        # Ended: an EOS or the padding after one, or a stop string just completed (later ones are padded too).
+        stopped = criteria(out.sequences, None).tolist() if criteria else [False] * len(rows)
+        going = [i for i, row in enumerate(rows) if not (stopped[i] or any(t in self.eos for t in row))] \
+            if rest > 0 else []
         if not max_over_ranks(int(bool(going)), self.accelerator):
             return rows
         keep = going or [0]  # a rank with nothing left decodes one row (then drops it) beside the others
@@ -189,18 +193,10 @@ class TransformersProver:
         more = copy.deepcopy(config)
         more.max_new_tokens = rest
         tail = model.generate(input_ids=sequences, attention_mask=mask, past_key_values=cache,
-                              generation_config=more, **self._stopping(stop, width))
+                              generation_config=more, stopping_criteria=criteria)
         for i, row in zip(going, tail[:, width:].tolist()):
             rows[i] = row
         return rows
-
-    def _stopping(self, stop, width: int) -> dict:
-        return {"stopping_criteria": StoppingCriteriaList([StopOnText(self.tokenizer, stop, width)])} if stop else {}
-
-    def _ended(self, row: list[int], stop) -> bool:
-        if any(t in self.eos for t in row):
-            return True
-        return bool(stop) and any(s in self.tokenizer.decode(row, skip_special_tokens=True) for s in stop)
 
     def _prefill(self, model, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
         """Left-padded ids, mask and a cache of every prompt but its last token, reading shared leading tokens once.
