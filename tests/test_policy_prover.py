@@ -89,19 +89,20 @@ def test_branched_samples_equal_plain_generation_greedily(trainer):
 
 
 def test_rows_that_have_ended_stop_decoding_and_the_rest_go_on(trainer):
-    # A stop string that ends one prompt's greedy answer early: after FIRST_TOKENS only the other prompt's rows are
-    # decoded on, and both answers are still plain generate's (the first one cut after its stop string).
+    # A stop string that ends one prompt's greedy answer early: each prompt's last token is read once (not once per
+    # sample), after FIRST_TOKENS only the other prompt's rows are decoded on, and both answers are still plain
+    # generate's (the first one cut after its stop string).
     from mrt.prover.transformers_policy import FIRST_TOKENS
 
     tok = trainer._tokenizer
     short, long = prompts_of(trainer, ["What is 7 + 5?", "Write a long story about a cat."])
     long_text = tok.decode(plain_generate(trainer, long, 8))
     early = plain_generate(trainer, short, 8)
-    stop = next(tok.decode(early[:k]) for k in range(1, 3) if tok.decode(early[:k]).strip())
+    stop = next(tok.decode(early[1:k]) for k in range(2, 4) if tok.decode(early[1:k]).strip())  # ends at 2+
     assert stop not in long_text and len(plain_generate(trainer, long, 8)) == 8
-    sizes = []
+    shapes = []
     hook = trainer.model.register_forward_pre_hook(
-        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].size(0)), with_kwargs=True)
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     try:
         short_group, long_group = prover_of(trainer).generate([short, long], num_samples=2, max_tokens=8,
                                                                 temperature=0.0, stop=[stop])
@@ -110,7 +111,11 @@ def test_rows_that_have_ended_stop_decoding_and_the_rest_go_on(trainer):
     cut = next(k for k in range(1, 9) if stop in tok.decode(early[:k]))
     assert short_group == [early[:cut]] * 2
     assert long_group == [plain_generate(trainer, long, 8)] * 2
-    assert sizes[-1] == 2 and sizes.count(4) <= FIRST_TOKENS + 1  # the last passes decode the 2 open rows only
+    # Two prefill passes (the longer prompt, then the other's tokens after the shared chat template; no idle pass
+    # for the empty levels), the last tokens once per prompt, then the 4 sample rows, then the 2 open rows only.
+    assert [width > 1 for _, width in shapes[:3]] == [True, True, False] and shapes[2] == (2, 1)
+    rows = [r for r, _ in shapes[3:]]
+    assert rows == [4] * (FIRST_TOKENS - 1) + [2] * (8 - FIRST_TOKENS)
 
 
 def test_sampled_branches_differ_and_respect_the_token_limit(trainer):

@@ -1,5 +1,6 @@
 """MRTTrainer: GRPO whose advantages carry the dense progress bonus of every episode."""
 
+import copy
 import logging
 import time
 from contextlib import ExitStack
@@ -104,7 +105,12 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         plain = model.generate
 
         def generate(*positional, **options):
-            out = plain(*positional, **{**options, "return_dict_in_generate": True})
+            if options.get("generation_config") is not None:  # set on a copy: config and flag together warn
+                options["generation_config"] = copy.deepcopy(options["generation_config"])
+                options["generation_config"].return_dict_in_generate = True
+            else:
+                options["return_dict_in_generate"] = True
+            out = plain(*positional, **options)
             width = options["input_ids"].size(1) if "input_ids" in options else positional[0].size(1)
             self._generated.append((out.sequences, width, getattr(out, "past_key_values", None)))
             return out.sequences

@@ -154,48 +154,55 @@ class TransformersProver:
         return ids, mask
 
     def branch(self, model, prompts, config, num_samples, stop) -> list[list[int]]:
-        """Prefill the prompts (shared leading tokens once), copy each cache `num_samples` times and sample; the
-        returned rows are grouped by prompt."""
+        """Prefill the prompts (shared leading tokens once) and sample `num_samples` rows from each; the returned rows
+        are grouped by prompt."""
         ids, mask, cache = self._prefill(model, prompts)
         self.prefill_tokens += int(mask.sum()) - len(prompts) if cache is None else 0
-        if cache is not None:
-            cache.batch_repeat_interleave(num_samples)
-        rows = self._decode(model, ids.repeat_interleave(num_samples, dim=0),
-                            mask.repeat_interleave(num_samples, dim=0), cache, config, stop)
+        rows = self._decode(model, ids, mask, cache, config, stop, num_samples)
         return [cut_at_eos(row, self.eos) for row in rows]
 
-    def _decode(self, model, ids, mask, cache, config, stop) -> list[list[int]]:
-        """The new tokens of every row: all rows decode their first `FIRST_TOKENS`, then only the rows that have not
-        ended go on, from their cached keys and values (mu's answers are mostly a few tokens, and `generate` keeps
-        decoding every row of a batch until its longest one ends). Whether a second pass runs is decided over all
-        ranks: under ZeRO-3 every rank must call the model as often as the others."""
+    def _decode(self, model, ids, mask, cache, config, stop, num_samples) -> list[list[int]]:
+        """The new tokens of every sample row, in passes. The first reads each prompt's last token once and draws its
+        samples' first tokens from those scores (as `generate` draws them); the second decodes every sample row up to
+        `FIRST_TOKENS`, from copies of its prompt's cached keys and values; the last, only the rows that have not
+        ended (mu's answers are mostly a few tokens, and `generate` decodes every row of a batch until its longest
+        one ends). Whether a later pass runs is decided over all ranks: under ZeRO-3 every rank must call the model
+        as often as the others."""
         width = ids.size(1)
         criteria = StoppingCriteriaList([StopOnText(self.tokenizer, stop, width)]) if stop else None
         first = copy.deepcopy(config)
-        first.max_new_tokens, first.return_dict_in_generate = min(config.max_new_tokens, FIRST_TOKENS), True
-        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=first,
-                             stopping_criteria=criteria)
-        rows = out.sequences[:, width:].tolist()
-        rest = config.max_new_tokens - first.max_new_tokens
-        # Ended: an EOS or the padding after one, or a stop string just completed (later ones are padded too).
-        stopped = criteria(out.sequences, None).tolist() if criteria else [False] * len(rows)
-        going = [i for i, row in enumerate(rows) if not (stopped[i] or any(t in self.eos for t in row))] \
-            if rest > 0 else []
-        if not max_over_ranks(int(bool(going)), self.accelerator):
-            return rows
-        keep = going or [0]  # a rank with nothing left decodes one row (then drops it) beside the others
-        index = torch.tensor(keep, device=ids.device)
-        sequences = out.sequences[index]
-        mask = torch.cat([mask[index], mask.new_ones(len(keep), sequences.size(1) - width)], dim=1)
-        cache = out.past_key_values
-        if cache is not None:
-            cache.batch_select_indices(index)
-        more = copy.deepcopy(config)
-        more.max_new_tokens = rest
-        tail = model.generate(input_ids=sequences, attention_mask=mask, past_key_values=cache,
-                              generation_config=more, stopping_criteria=criteria)
-        for i, row in zip(going, tail[:, width:].tolist()):
-            rows[i] = row
+        first.max_new_tokens, first.return_dict_in_generate, first.output_scores = 1, True, True
+        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=first)
+        scores = out.scores[0]
+        if first.do_sample:
+            tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples, replacement=True)
+        else:
+            tokens = scores.argmax(dim=-1, keepdim=True).expand(-1, num_samples)
+        sequences = torch.cat([ids.repeat_interleave(num_samples, dim=0), tokens.reshape(-1, 1)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1).repeat_interleave(num_samples, dim=0)
+        cache, source = out.past_key_values, torch.arange(len(ids)).repeat_interleave(num_samples)
+        rows = [[t] for t in tokens.reshape(-1).tolist()]
+        live = list(range(len(rows)))  # the rows of `sequences`
+        limit = config.max_new_tokens
+        for budget in (min(limit, FIRST_TOKENS) - 1, limit - FIRST_TOKENS):
+            # Ended: an EOS (or the padding after one), or a stop string just completed.
+            stopped = criteria(sequences, None).tolist() if criteria else [False] * len(sequences)
+            going = [k for k, i in enumerate(live)
+                     if budget > 0 and not stopped[k] and not any(t in self.eos for t in rows[i])]
+            if not max_over_ranks(int(bool(going)), self.accelerator):
+                break
+            keep = torch.tensor(going or [0], device=ids.device)  # a rank with nothing left decodes one row, unused
+            if cache is not None:
+                cache.batch_select_indices(source[keep].to(ids.device))
+            more = copy.deepcopy(config)
+            more.max_new_tokens, more.return_dict_in_generate = max(budget, 1), True
+            out = model.generate(input_ids=sequences[keep], attention_mask=mask[keep], past_key_values=cache,
+                                 generation_config=more, stopping_criteria=criteria)
+            live = [live[k] for k in going]
+            for i, tail in zip(live, out.sequences[:, sequences.size(1):].tolist()):
+                rows[i] += tail
+            mask = torch.cat([mask[keep], mask.new_ones(len(keep), out.sequences.size(1) - sequences.size(1))], dim=1)
+            sequences, cache, source = out.sequences, out.past_key_values, torch.arange(len(keep))
         return rows
 
     def _prefill(self, model, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
@@ -205,32 +212,32 @@ class TransformersProver:
         (the roots) is read whole; a prompt of level k reads only its tokens after the part it shares with its
         parent, on top of the parent's cached keys and values (laid out as [pad, shared part | pad, rest];
         positions come from the mask). So the prompt of a group is read once, each completion once, and each of its
-        episode prefixes adds only the suffix. Every level pass always runs (on one pad token when it has nothing
-        to read): ZeRO-3 ranks stay in step.
+        episode prefixes adds only the suffix. A level with nothing to read costs no model call.
         """
         known = len(self._known)
         parent, shared, level = prefix_tree([t for t, _ in self._known] + list(prompts), known=known)
         compact: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [layers for _, layers in self._known]
         compact += [None] * len(prompts)
         prompts = [t for t, _ in self._known] + list(prompts)  # indices below run over known rows, then prompts
-        for depth in range(LEVELS):
-            rows = [i for i, lv in enumerate(level) if lv == depth and i >= known]
-            past = [self._past(compact, parent[i], shared[i]) for i in rows]
-            todo = [k for k, i in enumerate(rows) if len(prompts[i]) - 1 > shared[i]]
-            for k, i in enumerate(rows):
-                if k not in todo:
-                    compact[i] = past[k]
+        # Each pass reads one level; a level with nothing to read is skipped. Under ZeRO-3 every rank makes as many
+        # model calls as the busiest (idle calls on one pad token).
+        levels = [[i for i, lv in enumerate(level) if lv == depth and i >= known] for depth in range(LEVELS)]
+        reads = [[i for i in rows if len(prompts[i]) - 1 > shared[i]] for rows in levels]
+        calls = max_over_ranks(sum(1 for todo in reads if todo), self.accelerator)
+        for rows, todo in zip(levels, reads):
+            for i in rows:
+                compact[i] = self._past(compact, parent[i], shared[i])
             if not todo:
-                model(input_ids=torch.full((1, 1), self._pad_id, device=self.device), logits_to_keep=1)
                 continue
-            computed = self._extend(model, [prompts[rows[k]][shared[rows[k]]:-1] for k in todo],
-                                    [past[k] for k in todo], [shared[rows[k]] for k in todo])
+            computed = self._extend(model, [prompts[i][shared[i]:-1] for i in todo],
+                                    [compact[i] for i in todo], [shared[i] for i in todo])
+            calls -= 1
             if computed is None:  # a cache that does not keep every position (sliding window): read prompts whole
-                for _ in range(depth + 1, LEVELS):
-                    model(input_ids=torch.full((1, 1), self._pad_id, device=self.device), logits_to_keep=1)
+                self._idle(model, calls)
                 return *self._left_pad(prompts[known:]), None
-            for k, layers in zip(todo, computed):
-                compact[rows[k]] = layers
+            for i, layers in zip(todo, computed):
+                compact[i] = layers
+        self._idle(model, calls)
         prompts, compact = prompts[known:], compact[known:]
         ids, mask = self._left_pad(prompts)
         filled = [c for c in compact if c is not None]
@@ -248,6 +255,10 @@ class TransformersProver:
                     values[i, :, width - size:] = layers[n][1]
             cache.update(keys, values, n)
         return ids, mask, cache
+
+    def _idle(self, model, calls: int) -> None:
+        for _ in range(calls):
+            model(input_ids=torch.full((1, 1), self._pad_id, device=self.device), logits_to_keep=1)
 
     def _past(self, compact, parent: int | None, size: int):
         """The first `size` cached tokens of the parent (per layer: keys and values of shape (heads, size, dim))."""
