@@ -5,7 +5,8 @@ budget, then one report (results.json, results.csv, comparison.png, summary.md) 
     python scripts/compare_methods.py --config configs/compare_smollm2_arithmetic.yaml [--max_units N]
     python scripts/compare_methods.py --config configs/compare_smollm2_arithmetic.yaml --smoke   # tiny model, CI
 
-Add --units NAME ... to run only some units (one process per core or machine, disjoint units, one output_dir).
+Several processes can share one output_dir: on one machine each leaves the unit another is running to it; across
+machines, give each its own --units NAME ... (disjoint).
 Run the same command again to resume: finished units (OUTPUT_DIR/units/*.json) are kept, an interrupted one starts
 again. The library code is mrt.compare and mrt.compare_report; docs/experiment.md describes the outputs.
 """
@@ -24,8 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.add_argument("--output_dir", default=None, help="Where units and the report go (default: the YAML's).")
     args.add_argument("--max_units", type=int, default=None, help="Run at most this many new units, then report.")
     args.add_argument("--units", nargs="+", default=None, metavar="UNIT",
-                      help="Run only these units (e.g. grpo-seed1 mrt_dense-seed1); processes given disjoint units "
-                           "can share one output_dir, one per core or machine.")
+                      help="Run only these units (e.g. grpo-seed1 mrt_dense-seed1): processes on several machines "
+                           "sharing one output_dir are given disjoint units.")
     args.add_argument("--no_progress", action="store_true", help="No progress bars.")
     ns = args.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

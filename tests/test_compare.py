@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mrt.compare import Arm, CompareConfig, load_config, load_unit, run_comparison, save_unit, write_held_out
+from mrt.compare import (Arm, CompareConfig, load_config, load_unit, run_comparison, save_unit, unit_lock,
+                         write_held_out)
 from mrt.compare_report import build_report, draws, interval, markdown_table, per_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,8 @@ def test_smoke_trains_every_arm_evaluates_and_reports(smoke):
     for name in ("results.csv", "comparison.png", "summary.md", "eval_problems.jsonl", ".gitignore"):
         assert (out / name).stat().st_size > 0, name
     assert "| mrt_branched | 1 |" in stdout and "6 of 6 units done" in stdout
-    assert not (out / "work").exists() or not any((out / "work").iterdir())  # models removed after each unit
+    work = out / "work"
+    assert not work.exists() or not any(p.is_dir() for p in work.iterdir())  # models removed after each unit
 
 
 def test_finished_units_are_not_redone(smoke):
@@ -111,6 +113,21 @@ def test_units_runs_only_the_named_units_and_reports_every_finished_one(smoke, t
     report = run_comparison(config, progress_bar=False, on_stage=other_process_finishes_dense)
     assert (out / "units" / "mrt_dense-seed0.json").read_text() == dense
     assert report["units_done"] == 6
+
+
+def test_a_unit_another_process_is_running_is_left_to_it(smoke, tmp_path):
+    import shutil
+
+    out = tmp_path / "compare"
+    shutil.copytree(smoke[0], out, ignore=shutil.ignore_patterns("work"))
+    (out / "units" / "grpo-seed0.json").unlink()
+    config = load_config(CPU_CONFIG, smoke=True, output_dir=str(out))
+    with unit_lock(config, "grpo-seed0") as mine:  # held here as another process would hold it
+        assert mine
+        report = run_comparison(config, progress_bar=False)
+        assert not (out / "units" / "grpo-seed0.json").exists() and report["units_done"] == 5
+    with unit_lock(config, "grpo-seed0") as mine:  # released with its holder
+        assert mine
 
 
 def _without_timings(value):

@@ -11,6 +11,7 @@ interrupted one starts again from nothing. `mrt.compare_report` turns the unit f
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -18,6 +19,8 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -403,6 +406,21 @@ def save_unit(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def unit_lock(config: CompareConfig, unit: str) -> Iterator[bool]:
+    """Whether this process may run `unit`: False while another process on this machine runs it. The lock is held
+    for the block and released when its holder ends, however it ends (an advisory lock on work_dir/<unit>.lock)."""
+    path = Path(config.work_dir) / f"{unit}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def _finished(config: CompareConfig, plan: list) -> dict[str, dict]:
     """The planned units whose files are on disk, by name."""
     return {name: unit for name, _, _, fp in plan if (unit := load_unit(unit_path(config, name), fp))}
@@ -411,8 +429,8 @@ def _finished(config: CompareConfig, plan: list) -> dict[str, dict]:
 def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: int | None = None,
                    on_stage=None, units: list[str] | None = None) -> dict:
     """Run every unit not yet finished (only those named in `units` if given, at most `max_units` this time), then
-    write the report from every unit finished on disk; returns the report. Processes given disjoint `units` can
-    share one output_dir (one per core or machine). `on_stage(unit, stage)` is called after 'trained' and
+    write the report from every unit finished on disk; returns the report. Processes can share one output_dir: on
+    one machine each leaves a unit another is running to it (`unit_lock`); on several, give them disjoint `units`. `on_stage(unit, stage)` is called after 'trained' and
     'evaluated'."""
     from tqdm.auto import tqdm
 
@@ -431,20 +449,24 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
         todo = todo[:max_units]
     bar = tqdm(total=len(plan), initial=len(done), desc="units", disable=not progress_bar)
     for name, arm, seed, fp in todo:
-        if load_unit(unit_path(config, name), fp):  # another process finished it meanwhile
+        with unit_lock(config, name) as mine:
+            if not mine:
+                logger.info("%s is running in another process: left to it", name)
+                continue
+            if load_unit(unit_path(config, name), fp):  # another process finished it meanwhile
+                bar.update(1)
+                continue
+            bar.set_postfix_str(name)
+            work = Path(config.work_dir) / name
+            shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
+            unit_path(config, name).with_name(f"{name}.json.tmp").unlink(missing_ok=True)
+            stage = (lambda s, name=name: on_stage(name, s)) if on_stage else None
+            result = run_unit(config, arm, seed, problems, work, progress_bar, stage)
+            result.update(unit=name, fingerprint=fp, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            save_unit(unit_path(config, name), result)
+            if not config.keep_models:
+                shutil.rmtree(work, ignore_errors=True)
             bar.update(1)
-            continue
-        bar.set_postfix_str(name)
-        work = Path(config.work_dir) / name
-        shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
-        unit_path(config, name).with_name(f"{name}.json.tmp").unlink(missing_ok=True)
-        stage = (lambda s, name=name: on_stage(name, s)) if on_stage else None
-        result = run_unit(config, arm, seed, problems, work, progress_bar, stage)
-        result.update(unit=name, fingerprint=fp, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        save_unit(unit_path(config, name), result)
-        if not config.keep_models:
-            shutil.rmtree(work, ignore_errors=True)
-        bar.update(1)
     bar.close()
     done = _finished(config, plan)  # this run's units and those other processes finished meanwhile
     budgets, _ = eval_budgets(config)

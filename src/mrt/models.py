@@ -152,12 +152,10 @@ def _make_readable(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _no_zero3():
-    """Turn off transformers' DeepSpeed ZeRO-3 hooks for a while.
-
-    Under ZeRO-3 (e.g. after TrainingArguments were built), from_pretrained/from_config
-    would partition the weights and the state dict copied below would be empty.
-    """
+def without_zero3():
+    """Lift transformers' DeepSpeed ZeRO-3 registration for a while (set when TrainingArguments are built under a
+    ZeRO-3 config): models loaded meanwhile are whole, not partitioned, and their `generate` does not wait for the
+    other ranks at every token (synced_gpus)."""
     from transformers.integrations import deepspeed as ds
 
     saved = ds._hf_deepspeed_config_weak_ref
@@ -218,7 +216,7 @@ def _convert_smollm2(out: Path) -> dict:
 
     gguf = smollm2_gguf_path()
     logger.info("Converting %s into a model folder (about 30 s)", gguf)
-    with _no_zero3():
+    with without_zero3():
         # Dequantizes the Q4_1 weights to float32.
         loaded = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
@@ -265,7 +263,7 @@ def _build_tiny(out: Path, num_layers: int, hidden_size: int, seed: int) -> dict
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    with _no_zero3():
+    with without_zero3():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig.from_model_config(config)

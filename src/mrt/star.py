@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -388,31 +387,13 @@ def train_sft(config: STaRConfig, model: str, examples: list[dict], save_to: Pat
 # ---------------------------------------------------------------- the run
 
 
-@contextmanager
-def _without_zero3():
-    """Generation and scoring on every rank's own whole copy of the model. Under `accelerate launch` with ZeRO-3,
-    while the trainer's DeepSpeed config is registered, transformers would shard a model it loads and would make
-    `generate` wait for the other ranks at every token (synced_gpus); each rank works on its own problems."""
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    ref = hf_deepspeed._hf_deepspeed_config_weak_ref  # set by TrainingArguments under a DeepSpeed config
-    registered = ref() if ref is not None else None
-    if registered is None:
-        yield
-        return
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_deepspeed.set_hf_deepspeed_config(registered)
-
-
 def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Problems, scorer,
                   progress_bar: bool = True) -> tuple[list[dict], dict]:
     """Generate, score and select one iteration from `model`; writes selected.jsonl and summary.json into
     `output_dir/iter-<k>` and returns the examples and the summary. Stops with NoCorrectTraces on an empty set."""
     from mrt.episodes import resolve_thinking_tag
     from mrt.generation import make_generator
+    from mrt.models import without_zero3
     from mrt.prover import ProgressEstimator, make_suffix
     from mrt.star_select import check_not_empty
 
@@ -420,7 +401,7 @@ def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Prob
     folder.mkdir(parents=True, exist_ok=True)
     seed = config.seed * 1_000_003 + iteration * 100_003
     start = time.perf_counter()
-    with _without_zero3():
+    with without_zero3():  # each rank works on its own problems
         generator = make_generator(model, backend=config.generation_backend, dtype=config.dtype,
                                    batch_size=config.generation_batch_size, seed=config.seed)
         try:
