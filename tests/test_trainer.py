@@ -63,6 +63,22 @@ def test_two_steps_train_and_log_mrt_metrics(tiny_model_path, tmp_path):
     assert trainer.state.global_step == 2
 
 
+def test_a_step_logs_no_warning_about_its_own_generation_call(tiny_model_path, tmp_path):
+    # MRTTrainer asks TRL's generate for its cache; asking with a flag beside TRL's generation_config made
+    # transformers warn at every start, about a call the user does not make.
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logging.Logger.warning_once.cache_clear()  # transformers says each warning once per process
+    logger.addHandler(handler)
+    try:
+        one_batch(mrt_trainer(tiny_model_path, tmp_path))
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "generation_config" in m], seen
+
+
 def test_advantages_are_sequence_advantage_plus_alpha_times_progress(tiny_model_path, tmp_path):
     trainer = mrt_trainer(tiny_model_path, tmp_path, alpha=0.5)
     output = one_batch(trainer)
