@@ -301,6 +301,9 @@ def test_prefix_store_round_trip(tmp_path):
     assert back.load(tmp_path, rank=1)
     assert back.state_dict() == store.state_dict() and back.get("k1") == [4, 5] and len(back) == 2
     assert back.get("unseen") == []
+    long = list(range(49_000, 49_000 + 8192))  # token ids beyond the small-int cache
+    store.put("k3", long)
+    assert store.get("k3") == long and store.prefixes["k3"].itemsize == 4  # 4 bytes a token, not a Python int
     with pytest.raises(ValueError, match="prefix store state"):
         back.load_state_dict({"prefixes": []})
     (tmp_path / "mrt_prefixes_rank2.json").write_text("{not json")

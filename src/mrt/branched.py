@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,8 @@ def pick_prefix(prefixes: list, rng: random.Random, tokenizer) -> list[int]:
 
 
 class PrefixStore:
-    """Per problem key, the token ids of the trainer's own last rollout of that problem (a stale prefix).
+    """Per problem key, the token ids of the trainer's own last rollout of that problem (a stale prefix), at 4 bytes
+    a token: 40,000 problems of 8k-token rollouts take 1.3 GB on every rank, not the 11 GB of lists of Python ints.
 
     Saved per rank in a checkpoint folder as `mrt_prefixes_rank{R}.json` and read back on resume.
     """
@@ -194,7 +196,7 @@ class PrefixStore:
     version = 1
 
     def __init__(self):
-        self.prefixes: dict[str, list[int]] = {}
+        self.prefixes: dict[str, array] = {}
 
     def __len__(self) -> int:
         return len(self.prefixes)
@@ -206,7 +208,7 @@ class PrefixStore:
         return list(self.prefixes.get(key, []))
 
     def put(self, key: str, ids: Sequence[int]) -> None:
-        self.prefixes[key] = [int(t) for t in ids]
+        self.prefixes[key] = _token_array(ids)
 
     def state_dict(self) -> dict:
         return {"version": self.version, "prefixes": {k: list(v) for k, v in self.prefixes.items()}}
@@ -216,7 +218,7 @@ class PrefixStore:
                 not isinstance(state.get("prefixes"), dict):
             raise ValueError(f"Not a prefix store state of version {self.version}: keys "
                              f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
-        self.prefixes = {str(k): [int(t) for t in v] for k, v in state["prefixes"].items()}
+        self.prefixes = {str(k): _token_array(v) for k, v in state["prefixes"].items()}
 
     @staticmethod
     def path(folder, rank: int) -> Path:
@@ -242,6 +244,11 @@ class PrefixStore:
                              "prefixes.") from err
         self.load_state_dict(state)
         return True
+
+
+def _token_array(ids: Sequence[int]) -> array:
+    """Token ids as unsigned 32-bit integers (any vocabulary below 4 billion)."""
+    return array("I", (int(t) for t in ids))
 
 
 # ---------------------------------------------------------------- the advantage
