@@ -294,11 +294,11 @@ def test_prefix_store_round_trip(tmp_path):
     store.put("k1", [1, 2, 3])
     store.put("k2", [])
     store.put("k1", [4, 5])  # the last rollout wins
-    path = store.save(tmp_path, rank=1)
-    assert path.name == "mrt_prefixes_rank1.json"
+    assert not PrefixStore().load(tmp_path, rank=0)  # nothing saved yet
+    path = store.save(tmp_path)
+    assert path.name == "mrt_prefixes.json"
     back = PrefixStore()
-    assert not back.load(tmp_path, rank=0)  # another rank's file is not this rank's
-    assert back.load(tmp_path, rank=1)
+    assert back.load(tmp_path, rank=1)  # one file for every rank
     assert back.state_dict() == store.state_dict() and back.get("k1") == [4, 5] and len(back) == 2
     assert back.get("unseen") == []
     long = list(range(49_000, 49_000 + 8192))  # token ids beyond the small-int cache
@@ -306,9 +306,16 @@ def test_prefix_store_round_trip(tmp_path):
     assert store.get("k3") == long and store.prefixes["k3"].itemsize == 4  # 4 bytes a token, not a Python int
     with pytest.raises(ValueError, match="prefix store state"):
         back.load_state_dict({"prefixes": []})
-    (tmp_path / "mrt_prefixes_rank2.json").write_text("{not json")
+    (tmp_path / "mrt_prefixes.json").write_text("{not json")
     with pytest.raises(ValueError, match="Cannot read the prefix store"):
         back.load(tmp_path, rank=2)
+
+
+def test_prefix_store_reads_the_per_rank_files_of_older_checkpoints(tmp_path):
+    (tmp_path / "mrt_prefixes_rank1.json").write_text(json.dumps({"version": 1, "prefixes": {"k": [7, 8]}}))
+    store = PrefixStore()
+    assert not store.load(tmp_path, rank=0) and len(store) == 0  # another rank's file is not this rank's
+    assert store.load(tmp_path, rank=1) and store.get("k") == [7, 8]
 
 
 # ---------------------------------------------------------------- the prefix dataset (scripts/make_prefixes.py)
@@ -538,7 +545,7 @@ def test_resume_keeps_the_prefix_store(tiny_model_path, tmp_path):
     data = load_problems("arithmetic", num_problems=2, seed=0)
     trainer = branched_trainer(tiny_model_path, data, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
     trainer.train()
-    saved = tmp_path / "run" / "checkpoint-2" / "mrt_prefixes_rank0.json"
+    saved = tmp_path / "run" / "checkpoint-2" / "mrt_prefixes.json"
     assert saved.exists() and len(trainer.prefix_store) == 2
     resumed = branched_trainer(tiny_model_path, data, tmp_path, max_steps=3, save_strategy="no")
     assert len(resumed.prefix_store) == 0
@@ -604,14 +611,14 @@ def test_two_zero3_ranks_share_the_store_and_resume_it(tiny_model_path, tmp_path
     assert full[0]["store"] == full[1]["store"] and len(full[0]["store"]["prefixes"]) == 2
     assert full[0]["generate_calls"] == full[1]["generate_calls"]  # two calls a batch on each rank
     checkpoint = tmp_path / "full" / "checkpoint-2"
-    saved = [(checkpoint / f"mrt_prefixes_rank{r}.json").read_text() for r in range(2)]
-    assert saved[0] == saved[1]
+    # The store is the same on both ranks, so one file is written, and both ranks read it back.
+    assert (checkpoint / "mrt_prefixes.json").exists() and not list(checkpoint.glob("mrt_prefixes_rank*"))
     assert any(b["plan"][0][2] for r in full for b in r["batches"][1:])  # some prefixes are not empty
     logs = [row for row in full[0]["log_history"] if "mrt/j_hat" in row]
     assert len(logs) == 3 and all("mrt/prefix_tokens" in row for row in logs)
 
     resumed = launch_two_ranks(tmp_path, tiny_model_path, "resumed", "--resume_from_checkpoint", str(checkpoint))
-    # The resumed step 3 cuts the same prefixes as the uninterrupted run's step 3: the store came back per rank.
+    # The resumed step 3 cuts the same prefixes as the uninterrupted run's step 3: the store came back on each rank.
     cuts = lambda records: {p[0]: p[2] for r in records for b in r["batches"] if b["step"] == 3 for p in b["plan"]}  # noqa: E731
     assert [b["step"] for r in resumed for b in r["batches"]] == [3, 3]
     assert cuts(resumed) == cuts(full)

@@ -24,7 +24,8 @@ import torch
 from mrt.episodes import EpisodeRules, episode_ends, prefix_lengths, token_pieces
 
 SCALE_REWARDS = ("group", "batch", "none")
-STORE_FILE = "mrt_prefixes_rank{rank}.json"
+STORE_FILE = "mrt_prefixes.json"
+RANK_STORE_FILE = "mrt_prefixes_rank{rank}.json"  # one file per rank, as checkpoints before the shared file had
 _STD_EPS = 1e-4  # as GRPO: advantages are divided by std + 1e-4
 
 
@@ -190,7 +191,7 @@ class PrefixStore:
     """Per problem key, the token ids of the trainer's own last rollout of that problem (a stale prefix), at 4 bytes
     a token: 40,000 problems of 8k-token rollouts take 1.3 GB on every rank, not the 11 GB of lists of Python ints.
 
-    Saved per rank in a checkpoint folder as `mrt_prefixes_rank{R}.json` and read back on resume.
+    Saved in a checkpoint folder as `mrt_prefixes.json` and read back by every rank on resume.
     """
 
     version = 1
@@ -221,11 +222,12 @@ class PrefixStore:
         self.prefixes = {str(k): _token_array(v) for k, v in state["prefixes"].items()}
 
     @staticmethod
-    def path(folder, rank: int) -> Path:
-        return Path(folder) / STORE_FILE.format(rank=rank)
+    def path(folder) -> Path:
+        return Path(folder) / STORE_FILE
 
-    def save(self, folder, rank: int) -> Path:
-        path = self.path(folder, rank)
+    def save(self, folder) -> Path:
+        """Write the store into a checkpoint folder: one file, since the store is the same on every rank."""
+        path = self.path(folder)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.state_dict()))
@@ -233,8 +235,11 @@ class PrefixStore:
         return path
 
     def load(self, folder, rank: int) -> bool:
-        """Read this rank's file from a checkpoint folder; False (store unchanged) when there is none."""
-        path = self.path(folder, rank)
+        """Read the store from a checkpoint folder (this rank's own file in checkpoints written before the shared
+        one); False (store unchanged) when there is none."""
+        path = self.path(folder)
+        if not path.exists():
+            path = Path(folder) / RANK_STORE_FILE.format(rank=rank)
         if not path.exists():
             return False
         try:

@@ -264,12 +264,12 @@ class BranchedRollouts:
         super()._save_checkpoint(model, trial)
         if getattr(self, "branched", False) and self.args.prefix_source == "rollouts":
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            self.prefix_store.save(folder, self.accelerator.process_index)
+            if self.args.should_save:  # the store is the same on every rank: one file (one per node's disk)
+                self.prefix_store.save(folder)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None or not getattr(self, "branched", False) or self.args.prefix_source != "rollouts":
             return
         if not self.prefix_store.load(checkpoint, self.accelerator.process_index):
-            logger.warning("No prefix store for process %d in %s: branched rollouts restart from empty prefixes.",
-                           self.accelerator.process_index, checkpoint)
+            logger.warning("No prefix store in %s: branched rollouts restart from empty prefixes.", checkpoint)
