@@ -430,8 +430,8 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
                    on_stage=None, units: list[str] | None = None) -> dict:
     """Run every unit not yet finished (only those named in `units` if given, at most `max_units` this time), then
     write the report from every unit finished on disk; returns the report. Processes can share one output_dir: on
-    one machine each leaves a unit another is running to it (`unit_lock`); on several, give them disjoint `units`. `on_stage(unit, stage)` is called after 'trained' and
-    'evaluated'."""
+    one machine each leaves a unit another is running to it (`unit_lock`); on several, give them disjoint `units`.
+    `on_stage(unit, stage)` is called after 'trained' and 'evaluated'."""
     from tqdm.auto import tqdm
 
     from mrt.compare_report import build_report, write_report

@@ -180,7 +180,8 @@ class TransformersProver:
             tokens = scores.argmax(dim=-1, keepdim=True).expand(-1, num_samples)
         sequences = torch.cat([ids.repeat_interleave(num_samples, dim=0), tokens.reshape(-1, 1)], dim=1)
         mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1).repeat_interleave(num_samples, dim=0)
-        cache, source = out.past_key_values, torch.arange(len(ids)).repeat_interleave(num_samples)
+        device = ids.device
+        cache, source = out.past_key_values, torch.arange(len(ids), device=device).repeat_interleave(num_samples)
         rows = [[t] for t in tokens.reshape(-1).tolist()]
         live = list(range(len(rows)))  # the rows of `sequences`
         limit = config.max_new_tokens
@@ -191,9 +192,9 @@ class TransformersProver:
                      if budget > 0 and not stopped[k] and not any(t in self.eos for t in rows[i])]
             if not max_over_ranks(int(bool(going)), self.accelerator):
                 break
-            keep = torch.tensor(going or [0], device=ids.device)  # a rank with nothing left decodes one row, unused
+            keep = torch.tensor(going or [0], device=device)  # a rank with nothing left decodes one row, unused
             if cache is not None:
-                cache.batch_select_indices(source[keep].to(ids.device))
+                cache.batch_select_indices(source[keep])
             more = copy.deepcopy(config)
             more.max_new_tokens, more.return_dict_in_generate = max(budget, 1), True
             out = model.generate(input_ids=sequences[keep], attention_mask=mask[keep], past_key_values=cache,
@@ -202,7 +203,7 @@ class TransformersProver:
             for i, tail in zip(live, out.sequences[:, sequences.size(1):].tolist()):
                 rows[i] += tail
             mask = torch.cat([mask[keep], mask.new_ones(len(keep), out.sequences.size(1) - sequences.size(1))], dim=1)
-            sequences, cache, source = out.sequences, out.past_key_values, torch.arange(len(keep))
+            sequences, cache, source = out.sequences, out.past_key_values, torch.arange(len(keep), device=device)
         return rows
 
     def _prefill(self, model, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
