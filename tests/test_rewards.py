@@ -1,8 +1,10 @@
 """The math-verify 0/1 reward: answers, golds, last-answer-wins, TRL signature, time bounds."""
 
 import signal
+import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -255,6 +257,63 @@ def test_a_swallowed_deadline_is_raised_again(where, monkeypatch):
         value, _ = _in_thread(rewards._bounded, _stubborn, "timed out", swallowed)
     assert value == "timed out" and len(swallowed) == 1
     assert time.monotonic() - start < 5.0
+
+
+def _busy(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+class _SlowFinalizer:
+    """Busy in its finalizer, where an interrupt is swallowed and reported as unraisable (as in a gc callback: a
+    test once failed when the next interrupt landed in pytest's report hook), until 3 interrupts were swallowed."""
+
+    swallowed = 0
+
+    def __del__(self):
+        if _SlowFinalizer.swallowed >= 3:
+            return
+        finished = False
+        try:
+            _busy(0.01)
+            finished = True
+        finally:
+            _SlowFinalizer.swallowed += not finished
+
+
+def _finalizing(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        _SlowFinalizer()
+    return "ran to the end"
+
+
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_deadlines_swallowed_by_finalizers_never_reach_the_unraisable_hook(where, monkeypatch):
+    reports = []
+    monkeypatch.setattr(sys, "unraisablehook", reports.append)
+    monkeypatch.setattr(_SlowFinalizer, "swallowed", 0)
+    monkeypatch.setattr(rewards, "TIMEOUT_SECONDS", 0.2)
+    if where == "main thread":
+        value = rewards._bounded(_finalizing, "timed out", 20.0)
+    else:
+        value, _ = _in_thread(rewards._bounded, _finalizing, "timed out", 20.0)
+    assert value == "timed out" and _SlowFinalizer.swallowed == 3
+    assert not [r for r in reports if r.exc_type is rewards._Deadline]
+    other = ValueError("not ours")  # every other report still reaches the hook that was installed
+    sys.unraisablehook(types.SimpleNamespace(exc_type=ValueError, exc_value=other))
+    assert reports and reports[-1].exc_value is other
+
+
+def test_a_gold_parse_that_timed_out_is_not_cached(monkeypatch):
+    gold, parse = "1234/5678", rewards._parse
+    rewards._parse_gold_cached.cache_clear()
+    monkeypatch.setattr(rewards, "TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr(rewards, "_parse", lambda text: (_busy(5.0), parse(text))[1])  # as on a busy machine
+    assert parse_gold(gold) is None
+    monkeypatch.setattr(rewards, "_parse", parse)
+    assert parse_gold(gold) is not None and score("\\boxed{1234/5678}", gold) == 1.0
 
 
 def test_no_interrupt_reaches_the_caller_after_many_bounded_calls(monkeypatch):

@@ -15,14 +15,17 @@ computes 9**387420489 exactly, one long C call that no Python-level interrupt ca
    TIMEOUT_SECONDS as a whole (score: the answer's parse and verify together; the gold's parse,
    cached, once more). A watchdog thread raises `_Deadline` inside the scoring thread (main thread
    included) with `PyThreadState_SetAsyncExc` (CPython), again every _RETRY_SECONDS until the call
-   returns: an interrupt that lands in a finalizer is swallowed there ("Exception ignored in ..."), and a
-   one-shot alarm would then let the call run on, growing without bound. Signals and a caller's timers are
-   never touched. A timed-out call scores 0.0 (its answer: []).
+   returns: an interrupt that lands in a finalizer or a gc callback is swallowed there, and a one-shot
+   alarm would then let the call run on, growing without bound. Such a swallowed interrupt is reported to
+   `sys.unraisablehook` at once, inside the call, where the next interrupt could land in the hook itself;
+   so `_Deadline` reports are dropped there (every other report goes on to the hook that was installed).
+   Signals and a caller's timers are never touched. A timed-out call scores 0.0 (its answer: []).
 """
 
 import ctypes
 import math
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,11 +65,33 @@ _set_async_exc.argtypes = [ctypes.c_ulong, ctypes.py_object]
 _set_async_exc.restype = ctypes.c_int
 
 
+class _DropDeadlines:
+    """sys.unraisablehook: a `_Deadline` swallowed by a finalizer or gc callback is dropped (the watchdog raises it
+    again); every other report goes on to the hook that was installed before."""
+
+    def __init__(self, next_hook):
+        self.next_hook = next_hook
+
+    def __call__(self, unraisable) -> None:
+        if unraisable.exc_type is not _Deadline:
+            self.next_hook(unraisable)
+
+
+_hook_lock = threading.Lock()
+
+
+def _drop_deadline_reports() -> None:
+    with _hook_lock:
+        if not isinstance(sys.unraisablehook, _DropDeadlines):
+            sys.unraisablehook = _DropDeadlines(sys.unraisablehook)
+
+
 def _bounded(fn, default, *args):
     """fn(*args), or `default` if that takes longer than TIMEOUT_SECONDS. Safe from any thread."""
     seconds = TIMEOUT_SECONDS
     if not seconds or seconds <= 0:
         return fn(*args)
+    _drop_deadline_reports()
     tid = threading.get_ident()
     lock = threading.Lock()
     finished = [False]
@@ -254,16 +279,29 @@ def _parse_gold_cached(gold: str) -> list | None:
             parsed = _parse("\\boxed{" + gold + "}") or _parse(gold)
         return parsed if any(not isinstance(p, str) for p in parsed) else None  # a bare string is no answer
 
-    return _bounded(run, None)
+    parsed = _bounded(run, _TIMED_OUT)
+    if parsed is _TIMED_OUT:
+        raise _GoldTimedOut  # not cached: a parse cut short by a busy machine is tried again next time
+    return parsed
+
+
+class _GoldTimedOut(Exception):
+    pass
+
+
+_TIMED_OUT = object()
 
 
 def parse_gold(gold) -> list | None:
-    """math-verify's parse of a gold answer (str, int or float); None when it cannot be parsed.
-    Cached: do not modify the returned list."""
+    """math-verify's parse of a gold answer (str, int or float); None when it cannot be parsed (or not within
+    TIMEOUT_SECONDS). Cached, but not when it timed out: do not modify the returned list."""
     if gold is None:
         return None
     text = str(gold).strip()
-    return _parse_gold_cached(text) if text else None
+    try:
+        return _parse_gold_cached(text) if text else None
+    except _GoldTimedOut:
+        return None
 
 
 # ---------------------------------------------------------------- scores
