@@ -269,6 +269,13 @@ def _forced_answer(text: str) -> list:
 # ---------------------------------------------------------------- gold
 
 
+class _GoldTimedOut(Exception):
+    """A gold parse that ran past TIMEOUT_SECONDS (raised, so that lru_cache does not keep it)."""
+
+
+_TIMED_OUT = object()
+
+
 @lru_cache(maxsize=65536)
 def _parse_gold_cached(gold: str) -> list | None:
     def run():
@@ -283,13 +290,6 @@ def _parse_gold_cached(gold: str) -> list | None:
     if parsed is _TIMED_OUT:
         raise _GoldTimedOut  # not cached: a parse cut short by a busy machine is tried again next time
     return parsed
-
-
-class _GoldTimedOut(Exception):
-    pass
-
-
-_TIMED_OUT = object()
 
 
 def parse_gold(gold) -> list | None:
