@@ -47,7 +47,7 @@ def test_grpo_baseline_differs_from_mrt_only_in_alpha_and_output_dir(model):
     grpo = [vars(x) for x in parse(f"grpo_{model}")]
     diff = {k for a, b in zip(mrt, grpo) for k in a if not k.startswith("_") and a[k] != b[k]}
     # distributed_state: a cached accelerate object, not a setting
-    assert diff - {"distributed_state"} == {"alpha", "output_dir"}, diff
+    assert diff - {"distributed_state"} == {"alpha", "output_dir", "run_name"}, diff
 
 
 def test_frozen_mu_recipe_asks_a_server():
