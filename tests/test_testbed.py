@@ -1,0 +1,231 @@
+"""The reasoning testbed's pure parts: the reasoning-gym loader and reward, the written traces."""
+
+import json
+import random
+import re
+import statistics
+
+import pytest
+
+from mrt.data import SYSTEM_PROMPT, format_prompt
+from mrt.episodes import EpisodeRules, split_completion
+from mrt.rewards import last_box
+from mrt.testbed.reasoning_gym import (
+    COLUMNS,
+    DEFAULT_SPEC,
+    load_spec,
+    load_task,
+    parse_spec,
+    reasoning_gym_reward,
+)
+from mrt.testbed.traces import ROUTES, TraceOptions, sft_rows, signed_terms, write_trace, write_traces
+
+# A written step: "47 + 38 = 85" (a fixed step goes on: "= 85, not 75.").
+_EQUATION = re.compile(r"^(-?\d+) ([+-]) (\d+) = (-?\d+)", re.M)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return load_spec(DEFAULT_SPEC, 300, seed=0)
+
+
+@pytest.fixture(scope="module")
+def expressions(problems):
+    return [json.loads(m)["expression"] for m in problems["metadata"]]
+
+
+def _wrong_equations(text: str) -> int:
+    """How many written steps are wrong."""
+    steps = _EQUATION.findall(text)
+    return sum(int(a) + (int(b) if op == "+" else -int(b)) != int(c) for a, op, b, c in steps)
+
+
+# ---------------------------------------------------------------- loader
+
+
+def test_load_task_columns_size_and_gold(problems, expressions):
+    assert problems.column_names == list(COLUMNS)
+    assert len(problems) == 300
+    for row, expression in zip(problems, expressions, strict=True):
+        terms = signed_terms(expression)
+        assert 3 <= len(terms) <= 4 and all(10 <= abs(t) <= 99 for t in terms)  # the spec's options hold
+        assert row["answer"] == str(sum(terms))
+        assert row["task"] == "chain_sum"
+        assert expression in row["problem"]
+        assert row["prompt"] == format_prompt(row["problem"], SYSTEM_PROMPT)
+
+
+def test_load_task_same_seed_same_problems():
+    first = load_task("chain_sum", 20, seed=3, min_terms=3, max_terms=5)
+    assert first.to_list() == load_task("chain_sum", 20, seed=3, min_terms=3, max_terms=5).to_list()
+    assert first["problem"] != load_task("chain_sum", 20, seed=4, min_terms=3, max_terms=5)["problem"]
+    assert load_task("chain_sum", 5, seed=3, system_prompt=None)["prompt"][0] == [
+        {"role": "user", "content": first["problem"][0]}]
+
+
+def test_load_spec_splits_draw_other_problems():
+    train = set(load_spec(DEFAULT_SPEC, 50, seed=0)["problem"])
+    assert train == set(load_spec(DEFAULT_SPEC, 50, seed=0, split="train")["problem"])
+    assert not train & set(load_spec(DEFAULT_SPEC, 50, seed=0, split="test")["problem"])
+
+
+def test_parse_spec_reads_task_and_typed_options():
+    assert parse_spec("reasoning_gym:chain_sum") == ("chain_sum", {})
+    task, options = parse_spec("reasoning_gym:chain_sum?min_terms=3&allow_negation=true&max_digits=2")
+    assert task == "chain_sum"
+    assert options == {"min_terms": 3, "allow_negation": True, "max_digits": 2}
+    negated = load_spec("reasoning_gym:chain_sum?allow_negation=true&min_terms=4&max_terms=4", 40, seed=1)
+    assert any(t < 0 and i == 0 for m in negated["metadata"]
+               for i, t in enumerate(signed_terms(json.loads(m)["expression"])))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("arithmetic", "not a reasoning-gym spec"),
+    ("reasoning_gym:", "has no task"),
+    ("reasoning_gym:?min_terms=3", "has no task"),
+    ("reasoning_gym:chain_sum?min_terms", "name=value"),
+    ("reasoning_gym:chain_sum?min_terms=", "no name or no value"),
+    ("reasoning_gym:chain_sum?=3", "no name or no value"),
+    ("reasoning_gym:chain_sum?min_terms=3&min_terms=4", "given twice"),
+    ("reasoning_gym:chain_summ", "no task 'chain_summ'; did you mean chain_sum"),
+    ("reasoning_gym:chain_sum?terms=3", "no option terms; its options: .*min_terms"),
+    ("reasoning_gym:chain_sum?seed=3", "'seed' is not an option"),
+    ("reasoning_gym:chain_sum?size=3", "'size' is not an option"),
+    ("reasoning_gym:chain_sum?min_terms=5&max_terms=2", "rejects options"),
+    ("reasoning_gym:chain_sum?min_terms=many", "rejects options"),
+])
+def test_bad_specs_raise_a_clear_value_error(spec, message):
+    with pytest.raises(ValueError, match=message):
+        load_spec(spec, 4)
+
+
+# ---------------------------------------------------------------- reward
+
+
+def _reward(completions, rows):
+    return reasoning_gym_reward([r["prompt"] for r in rows], completions, answer=[r["answer"] for r in rows],
+                                task=[r["task"] for r in rows], metadata=[r["metadata"] for r in rows],
+                                problem=[r["problem"] for r in rows])
+
+
+def test_reward_right_wrong_unboxed_unparsable_unclosed(problems):
+    row = problems[0]
+    gold, off = row["answer"], str(int(row["answer"]) + 1)
+    completions = [
+        f"Adding up, the sum is \\boxed{{{gold}}}.",  # right
+        f"So the sum is \\boxed{{{off}}}.",  # wrong
+        f"The sum is {gold}.",  # no box
+        "The sum is \\boxed{many}.",  # unparsable
+        f"The sum is \\boxed{{{gold}",  # cut inside the box
+        f"First \\boxed{{{off}}}, then on second thought \\boxed{{{gold}}}.",  # the last box counts
+        f"First \\boxed{{{gold}}}, but then \\boxed{{{off}}}.",
+    ]
+    assert _reward(completions, [row] * len(completions)) == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_reward_reads_conversational_completions_and_skips_missing_gold(problems):
+    rows = problems.select(range(2)).to_list()
+    conversation = [[{"role": "assistant", "content": f"\\boxed{{{r['answer']}}}"}] for r in rows]
+    assert _reward(conversation, rows) == [1.0, 1.0]
+    rows[1] = {**rows[1], "answer": None}
+    assert _reward(conversation, rows) == [1.0, None]
+    with pytest.raises(ValueError, match="2 completions but 1 answers"):
+        reasoning_gym_reward(None, conversation, answer=["1"], task=["chain_sum"] * 2, metadata=["{}"] * 2)
+
+
+# ---------------------------------------------------------------- traces
+
+
+def test_traces_have_check_episodes_under_the_trainers_rule(tokenizer, expressions):
+    rules = EpisodeRules()
+    for trace in write_traces(expressions[:60], seed=1, options=TraceOptions(min_checks=1, max_checks=3)):
+        ids = tokenizer(trace.text, add_special_tokens=False)["input_ids"]
+        ends = split_completion(ids, tokenizer, rules)
+        assert len(ends) >= 2
+        assert len(ends) == min(trace.episodes, rules.max_episodes)
+        assert trace.kinds[0] == "attempt" and set(trace.kinds[1:]) <= set(ROUTES)
+    # Without checks no paragraph opens with a marker (the paragraph fallback would split attempt and answer).
+    markers_only = EpisodeRules(fallback="none")
+    for trace in write_traces(expressions[:10], seed=1, options=TraceOptions(min_checks=0, max_checks=0)):
+        ids = tokenizer(trace.text, add_special_tokens=False)["input_ids"]
+        assert trace.episodes == 1 and len(split_completion(ids, tokenizer, markers_only)) == 1
+
+
+def test_slips_are_made_and_caught_at_the_configured_rates(expressions):
+    options = TraceOptions(slip_rate=0.3, catch_rate=0.6, min_checks=1, max_checks=3)
+    traces = write_traces(expressions * 10, seed=2, options=options)  # 3000 traces
+    slipped = [t for t in traces if t.slip]
+    # Binomial standard deviations are about 0.008 and 0.016: these bounds are 5 of them wide.
+    assert abs(len(slipped) / len(traces) - 0.3) < 0.04
+    assert abs(sum(t.slip_caught for t in slipped) / len(slipped) - 0.6) < 0.08
+    assert all(1 <= t.caught_in < t.episodes for t in slipped if t.slip_caught)
+    assert not any(t.slip for t in write_traces(expressions, seed=2, options=TraceOptions(slip_rate=0.0)))
+    always = write_traces(expressions, seed=2, options=TraceOptions(slip_rate=1.0, catch_rate=1.0))
+    assert all(t.slip and t.slip_caught and t.correct for t in always)
+    never = write_traces(expressions, seed=2, options=TraceOptions(slip_rate=1.0, min_checks=0, max_checks=0))
+    assert not any(t.slip_caught or t.correct for t in never)
+
+
+def test_answers_are_right_unless_a_slip_is_left_uncorrected(expressions):
+    options = TraceOptions(slip_rate=0.5, catch_rate=0.5, min_checks=0, max_checks=3)
+    traces = write_traces(expressions, seed=3, options=options)
+    assert {(t.slip, t.slip_caught) for t in traces} == {(False, False), (True, True), (True, False)}
+    for trace, expression in zip(traces, expressions, strict=True):
+        assert trace.gold == str(sum(signed_terms(expression)))
+        assert trace.correct == (not trace.slip or trace.slip_caught) == (trace.answer == trace.gold)
+        assert last_box(trace.text)[1] == trace.answer
+        attempt = trace.text.split("\n\n")[0]
+        # Every written step is right but the slipped one (repeated by the checks that miss it).
+        assert (_wrong_equations(attempt) == 1) == trace.slip
+        assert (_wrong_equations(trace.text) == 0) == (not trace.slip)
+        assert trace.text.count("\n\n") == trace.episodes  # one paragraph per episode, then the answer
+
+
+def test_traces_are_deterministic_per_seed(expressions):
+    first = write_traces(expressions[:50], seed=7)
+    assert first == write_traces(expressions[:50], seed=7)
+    assert [t.text for t in first] != [t.text for t in write_traces(expressions[:50], seed=8)]
+
+
+def test_trace_boxes_score_with_the_task_scorer(problems):
+    rows = problems.to_list()
+    traces = sft_rows(rows, seed=4, options=TraceOptions(slip_rate=0.5))
+    scores = _reward([t["completion"] for t in traces], rows)
+    assert any(not t["trace_correct"] for t in traces)
+    for trace, row, value in zip(traces, rows, scores, strict=True):
+        assert trace["answer"] == row["answer"]
+        assert (value == 1.0) == trace["trace_correct"]
+    assert [t["prompt"] for t in traces] == [r["prompt"] for r in rows]
+
+
+def test_trace_length_at_the_default_settings(tokenizer, problems):
+    rows = sft_rows(problems.to_list(), seed=5)
+    texts = [r["completion"][0]["content"] for r in rows]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    fifth, *_, ninety_fifth = statistics.quantiles(lengths, n=20)
+    assert 60 <= fifth and ninety_fifth <= 200
+
+
+@pytest.mark.parametrize("options, field", [
+    (dict(slip_rate=1.5), "slip_rate"),
+    (dict(catch_rate=-0.1), "catch_rate"),
+    (dict(other_route_rate=2), "other_route_rate"),
+    (dict(min_checks=-1), "min_checks"),
+    (dict(min_checks=3, max_checks=2), "max_checks"),
+])
+def test_trace_options_are_checked(options, field):
+    with pytest.raises(ValueError, match=f"TraceOptions.{field} = "):
+        TraceOptions(**options)
+
+
+@pytest.mark.parametrize("expression", ["47", "47 +", "47 * 3", "47 + x", "", "47 ++ 3"])
+def test_signed_terms_rejects_what_is_not_a_chain_sum(expression):
+    with pytest.raises(ValueError, match="chain sum"):
+        signed_terms(expression)
+
+
+def test_write_trace_takes_negative_terms():
+    options = TraceOptions(slip_rate=0.0, min_checks=2, max_checks=2)
+    trace = write_trace("-5 + 12 - -3", random.Random(0), options)
+    assert signed_terms("-5 + 12 - -3") == [-5, 12, 3]
+    assert trace.answer == "10" and trace.correct and _wrong_equations(trace.text) == 0
