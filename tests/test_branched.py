@@ -377,7 +377,7 @@ def test_branched_gpu_recipes_differ_from_the_dense_ones_only_in_the_mode(model)
 
     dense, branched = parse(f"mrt_{model}"), parse(f"mrt_branched_{model}")
     diff = {k for a, b in zip(dense, branched) for k in a if not k.startswith("_") and a[k] != b[k]}
-    assert diff - {"distributed_state"} == {"progress_mode", "output_dir"}, diff
+    assert diff - {"distributed_state"} == {"progress_mode", "output_dir", "run_name"}, diff
     args = branched[1]
     assert args["progress_mode"] == "branched" and args["prefix_source"] == "rollouts"
     assert args["num_generations"] % 2 == 0 and args["termination_suffix"] == "authors"
@@ -462,7 +462,7 @@ class Recording:
         return super()._tokenize_prompts(prompts)
 
 
-def branched_trainer(model_path, dataset, tmp_path, **overrides):
+def branched_trainer(model_path, dataset, tmp_path, rewards=parity_reward, **overrides):
     class RecordingTrainer(Recording, MRTTrainer):
         batches: list
         _last_plan = None
@@ -474,7 +474,7 @@ def branched_trainer(model_path, dataset, tmp_path, **overrides):
                     prover_stop=["}"], learning_rate=1e-2, temperature=1.0, seed=3, beta=0.0,
                     episode_fallback="chunks", episode_chunk_tokens=4)  # random text: episodes of 4 tokens
     settings.update(overrides)
-    trainer = RecordingTrainer(model=model_path, reward_funcs=parity_reward, args=MRTConfig(**settings),
+    trainer = RecordingTrainer(model=model_path, reward_funcs=rewards, args=MRTConfig(**settings),
                                train_dataset=dataset)
     trainer.batches = []
     return trainer
@@ -554,6 +554,121 @@ def test_resume_keeps_the_prefix_store(tiny_model_path, tmp_path):
     assert resumed.state.global_step == 3 and len(resumed.batches) == 1
     assert all(b.has_source for b in resumed.batches[0][2])
     assert set(trainer.prefix_store.prefixes) == set(resumed.prefix_store.prefixes)
+
+
+# ---------------------------------------------------------------- what a batch's signals are (issue 21)
+
+
+def one_branched_batch(trainer, rows, steps=range(10)):
+    """Score one generation batch as training would, at the first step whose cut of the first problem is not
+    empty; returns (inputs, output, plan)."""
+    trainer.model.train()
+    for step in steps:
+        trainer.state.global_step = step
+        trainer.batches.clear()
+        trainer._generate_and_score_completions(rows)
+        if trainer.batches[-1][2][0].cut.ids:
+            return trainer.batches[-1]
+    raise AssertionError("no step cut a non-empty prefix")
+
+
+def char_length(completions, **kwargs):
+    """The length of what a reward function sees as the completion, in characters."""
+    return [float(len(c if isinstance(c, str) else c[-1]["content"])) for c in completions]
+
+
+def with_prefix_rows(n_problems=2):
+    problems = load_problems("arithmetic", num_problems=n_problems, seed=0)
+    return problems.map(lambda row: {"prefixes": [TRACE]})
+
+
+def test_the_continuing_half_is_scored_on_prefix_plus_continuation(tiny_model_path, tmp_path):
+    data = with_prefix_rows()
+    trainer = branched_trainer(tiny_model_path, data, tmp_path, rewards=char_length, prefix_source="dataset")
+    tok = trainer._tokenizer
+    rows = [data[0]] * 4
+    inputs, output, plan = one_branched_batch(trainer, rows)
+    head = tok.decode(plan[0].cut.ids, skip_special_tokens=True)
+    assert head
+    rewards = trainer.batch_rewards[:, 0].tolist()
+    continuing = [row for row, branch in enumerate(plan) if not branch.terminating]
+    assert continuing
+    for row in continuing:
+        ids = output["completion_ids"][row][output["completion_mask"][row].bool()].tolist()
+        assert rewards[row] == len(head + tok.decode(ids, skip_special_tokens=True)), row
+
+
+def test_progress_reward_funcs_define_j_hat_and_the_bonus_in_branched_mode(tiny_model_path, tmp_path):
+    data = load_problems("arithmetic", num_problems=2, seed=0)
+    trainer = branched_trainer(tiny_model_path, data, tmp_path, rewards=[parity_reward, char_length],
+                               alpha=0.5, reward_weights=[1.0, 0.01], progress_reward_funcs=["parity_reward"])
+    rows = [data[i] for i in range(2) for _ in range(4)]
+    trainer.model.train()
+    trainer._generate_and_score_completions(rows)
+    rewards = trainer.batch_rewards.float().cpu()
+    success, whole = rewards[:, 0], rewards[:, 0] + 0.01 * rewards[:, 1]
+    term = terminating_mask(8, 4)
+    result = trainer.last_branched
+    j_hat = torch.tensor([success[g * 4 + 2:g * 4 + 4].mean().item() for g in range(2)]).repeat_interleave(4)
+    assert result.j_hat.tolist() == pytest.approx(j_hat.tolist())
+    assert result.bonus.tolist() == pytest.approx(torch.where(term, 0.0, success - j_hat).tolist())
+    # The GRPO part stays the whole reward's (every function with its weight), within each half.
+    grpo = branched_advantages(whole, 4, term, alpha=0.0).advantages
+    assert result.advantages.tolist() == pytest.approx((grpo + 0.5 * result.bonus).tolist(), abs=1e-5)
+    assert whole.sub(success).abs().sum() > 0  # the left-out function did count in r
+
+
+def test_branched_advantages_take_success_apart_from_the_reward():
+    rewards = torch.tensor([2.0, 0.0, 1.0, 3.0])
+    success = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    term = terminating_mask(4, 4)
+    out = branched_advantages(rewards, 4, term, alpha=1.0, scale_rewards="none", success=success)
+    assert out.j_hat.tolist() == [0.5] * 4 and out.bonus.tolist() == [0.5, -0.5, 0.0, 0.0]
+    assert out.grpo.tolist() == [1.0, -1.0, -1.0, 1.0]  # from the rewards
+    nan = float("nan")
+    unknown = branched_advantages(rewards, 4, term, alpha=1.0, scale_rewards="none",
+                                  success=torch.tensor([1.0, 0.0, nan, nan]))
+    assert unknown.bonus.tolist() == [0.0] * 4 and torch.isnan(unknown.j_hat).all()
+
+
+def test_short_answers_of_the_terminating_half_are_not_clipped(tiny_model_path, tmp_path):
+    # Only "}" can be written: the continuing half runs to max_completion_length (clipped), the terminating
+    # half writes "}" and stops at prover_stop: a complete answer.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    brace = tok.convert_tokens_to_ids("}")
+    others = [i for i in range(len(tok)) if i != brace]
+    data = load_problems("arithmetic", num_problems=2, seed=0)
+    trainer = branched_trainer(tiny_model_path, data, tmp_path, generation_kwargs={"suppress_tokens": others})
+    trainer.model.train()
+    rows = [data[i] for i in range(2) for _ in range(4)]
+    output = trainer._generate_and_score_completions(rows)
+    lengths = output["completion_mask"].sum(dim=1).tolist()
+    assert lengths == [16, 16, 1, 1] * 2
+    metrics = trainer._metrics["train"]
+    assert metrics["completions/clipped_ratio"][-1] == pytest.approx(0.5)
+    assert metrics["completions/mean_terminated_length"][-1] == pytest.approx(1.0)
+    assert metrics["completions/max_terminated_length"][-1] == pytest.approx(1.0)
+
+
+def test_log_extra_rows_keep_batch_order(tiny_model_path, tmp_path):
+    def text(completions, log_extra, **kwargs):
+        log_extra("text", [c if isinstance(c, str) else c[-1]["content"] for c in completions])
+        return [0.0] * len(completions)
+
+    data = load_problems("arithmetic", num_problems=2, seed=0)
+    trainer = branched_trainer(tiny_model_path, data, tmp_path, rewards=[parity_reward, text],
+                               per_device_train_batch_size=8)  # the completions table keeps one batch
+    trainer.model.train()
+    rows = [data[i] for i in range(2) for _ in range(4)]  # two groups: halves cont, cont, term, term each
+    trainer._generate_and_score_completions(rows)
+    logs = trainer._logs
+    completions = [c if isinstance(c, str) else c[-1]["content"] for c in logs["completion"]]
+    logged = list(logs["extra"]["text"])
+    assert len(logged) == len(completions) == 8 and all(completions)
+    # Each logged value is its own row's: what the reward function saw ends with the table's completion.
+    assert all(seen.endswith(c) for seen, c in zip(logged, completions)), (logged, completions)
 
 
 # ---------------------------------------------------------------- 2 ZeRO-3 ranks

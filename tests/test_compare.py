@@ -256,8 +256,9 @@ def test_per_problem_means_over_scorable_completions():
     assert table["accuracy"] == [[0.0, 0.5], [None, None]]
     assert table["outcome"] == [0.5, None]
     assert table["tokens"] == [20.0, 10.0]  # every completion's length counts
-    # J rises linearly to 1 at 10 tokens, then stays: area 5 + 10 of 20 -> regret 0.25; a curve at 0: regret 1.
-    assert table["regret"] == [[pytest.approx((0.25 + 1.0) / 2)], [None]]
+    # J is a step curve (mrt.progress.regret_at): 0 until the prefix at 10 tokens is written, then 1; area 10 of 20
+    # -> regret 0.5; a curve at 0: regret 1.
+    assert table["regret"] == [[pytest.approx((0.5 + 1.0) / 2)], [None]]
 
 
 def _unit(arm, seed, accuracy, tokens=10.0, seconds=5.0):

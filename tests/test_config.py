@@ -67,3 +67,17 @@ def test_likelihood_needs_a_suffix_that_ends_at_the_answer_slot():
     with pytest.raises(ValueError, match="MRTConfig.prover_estimator .*answer slot"):
         config(prover_estimator="likelihood", termination_suffix="authors")
     assert config(prover_estimator="likelihood", termination_suffix="boxed").prover_estimator == "likelihood"
+
+
+def test_normalize_then_sum_is_refused_while_the_prover_runs():
+    # J is a weighted sum of rewards; normalize_then_sum has no such sum per sample.
+    for settings in (dict(alpha=1.0), dict(alpha=0.0, progress_mode="termination_baseline"),
+                     dict(alpha=0.0, estimate_progress=True)):
+        with pytest.raises(ValueError, match="MRTConfig.multi_objective_aggregation .*normalize_then_sum"):
+            config(multi_objective_aggregation="normalize_then_sum", **settings)
+    assert not config(alpha=0.0, multi_objective_aggregation="normalize_then_sum").runs_prover
+
+
+def test_the_generation_cache_reuse_can_be_switched_off():
+    assert config().prover_reuse_generation_cache
+    assert not config(prover_reuse_generation_cache=False).prover_reuse_generation_cache

@@ -49,8 +49,9 @@ def test_branched_prover_samples_equal_plain_generation_on_cuda(tiny_model_path,
     steps = tok("7 + 5 is 12.\n\nWait, 5 + 7 = 12.", add_special_tokens=False)["input_ids"]
     suffix = list(trainer.progress_estimator.suffix.ids)
     prompts = [base + suffix, base + steps[:4] + suffix, base + steps + suffix]
-    trainer.generation_config.do_sample = False
-    samples = trainer.progress_estimator.prover.generate(prompts, num_samples=2, max_tokens=5, temperature=1.0, stop=None)
+    # Greedy: the prover samples whenever temperature > 0, whatever the trainer's generation config says.
+    samples = trainer.progress_estimator.prover.generate(prompts, num_samples=2, max_tokens=5, temperature=0.0,
+                                                         stop=None)
     for prompt, group in zip(prompts, samples):
         ids = torch.tensor([prompt], device=model.device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=5,
@@ -58,6 +59,21 @@ def test_branched_prover_samples_equal_plain_generation_on_cuda(tiny_model_path,
         eos = {*trainer.eos_token_ids, tok.pad_token_id}
         expected = out[:next((k for k, t in enumerate(out) if t in eos), len(out))]
         assert group == [expected, expected]
+
+
+def test_a_prover_call_leaves_the_cpu_and_cuda_rngs_untouched(tiny_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mrt.prover import TransformersProver
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).to("cuda").eval()
+    prompts = [tok("What is 7 + 5?", add_special_tokens=False)["input_ids"]]
+    torch.manual_seed(0)
+    cpu, cuda = torch.get_rng_state(), torch.cuda.get_rng_state()
+    draws = [TransformersProver.for_model(model, tok, seed=3).generate(prompts, 2, 5, 1.0, None) for _ in range(2)]
+    assert torch.equal(torch.get_rng_state(), cpu) and torch.equal(torch.cuda.get_rng_state(), cuda)
+    assert draws[0] == draws[1]  # the same prover seed: the same samples
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL weight sync needs the server on a second GPU")

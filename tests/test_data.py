@@ -180,3 +180,122 @@ def test_other_sources_go_to_load_dataset(monkeypatch):
     dataset = load_problems("someone/math-problems", split="validation")
     assert calls == [("someone/math-problems", "validation")]
     assert dataset[0]["prompt"][-1]["content"] == "What is 1 + 2?"
+
+
+# ---------------------------------------------------------------- TRL's columns, optional gold, streaming
+
+
+def test_custom_reward_needs_no_answer_column(tmp_path):
+    rows = [{"question": f"Write a poem about {i}.", "id": i} for i in range(3)]
+    path = _write_jsonl(tmp_path / "open.jsonl", rows)
+    dataset = load_problems(str(path), problem_column="question", require_answer=False)
+    assert set(dataset.column_names) == {"question", "id", "prompt"}  # no "answer" column is made up
+    assert dataset[2]["prompt"] == format_prompt("Write a poem about 2.")
+    with pytest.raises(ValueError, match=r"no column 'answer'.*answer_column"):
+        load_problems(str(path), problem_column="question")  # the default reward needs the gold
+
+
+def test_custom_reward_keeps_a_present_answer_column(tmp_path):
+    path = _write_jsonl(tmp_path / "problems.jsonl", ROWS)
+    dataset = load_problems(str(path), problem_column="question", answer_column="solution",
+                            require_answer=False)
+    _check_mapped(dataset)  # the gold is still mapped when it is there (the likelihood estimator reads it)
+
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_trl_prompt_and_solution_columns_need_no_mapping(tmp_path, conversational):
+    def prompt(i):
+        text = f"What is {i} + 1?"
+        return [{"role": "user", "content": text}] if conversational else text
+
+    rows = [{"prompt": prompt(i), "solution": i + 1} for i in range(4)]
+    dataset = load_problems(str(_write_jsonl(tmp_path / "trl.jsonl", rows)))
+    assert set(dataset.column_names) == {"prompt", "solution", "answer"}
+    assert dataset["answer"] == ["1", "2", "3", "4"]
+    assert dataset["solution"] == [1, 2, 3, 4]  # kept for TRL's accuracy_reward, which reads "solution"
+    expected = prompt(3) if conversational else format_prompt(prompt(3))
+    assert dataset[3]["prompt"] == expected
+
+
+def test_explicit_columns_win_over_trl_names(tmp_path):
+    rows = [{"prompt": "p", "solution": "s", "question": "What is 1 + 1?", "final": 2}]
+    dataset = load_problems(str(_write_jsonl(tmp_path / "both.jsonl", rows)), problem_column="question",
+                            answer_column="final")
+    assert dataset[0]["prompt"][-1]["content"] == "What is 1 + 1?" and dataset[0]["answer"] == "2"
+
+
+CARD = """---
+configs:
+- config_name: easy
+  data_files:
+  - split: train
+    path: easy/train.jsonl
+- config_name: hard
+  data_files:
+  - split: train
+    path: hard/train.jsonl
+---
+"""
+
+
+def _folder_with_configs(tmp_path):
+    # A local dataset with two configs declared in its README.md: `name=` selects one, with no hub.
+    (tmp_path / "README.md").write_text(CARD)
+    for name, rows in (("easy", ROWS[:3]), ("hard", ROWS[3:])):
+        (tmp_path / name).mkdir()
+        _write_jsonl(tmp_path / name / "train.jsonl", rows)
+    return str(tmp_path)
+
+
+def test_dataset_config_selects_a_local_config(tmp_path):
+    folder = _folder_with_configs(tmp_path)
+    kwargs = dict(problem_column="question", answer_column="solution")
+    assert load_problems(folder, dataset_config="easy", **kwargs)["id"] == [0, 1, 2]
+    assert load_problems(folder, dataset_config="hard", **kwargs)["id"] == list(range(3, 10))
+    with pytest.raises(ValueError, match="nope"):
+        load_problems(folder, dataset_config="nope", **kwargs)
+
+
+def test_dataset_config_is_refused_where_it_means_nothing(tmp_path):
+    path = _write_jsonl(tmp_path / "problems.jsonl", ROWS)
+    with pytest.raises(ValueError, match="dataset_config = 'main'"):
+        load_problems(str(path), dataset_config="main", problem_column="question", answer_column="solution")
+    with pytest.raises(ValueError, match="dataset_config = 'main'"):
+        load_problems("arithmetic", dataset_config="main")
+
+
+def test_streaming_gives_mapped_rows_as_they_come(tmp_path):
+    from datasets import IterableDataset
+
+    path = str(_write_jsonl(tmp_path / "problems.jsonl", ROWS))
+    dataset = load_problems(path, problem_column="question", answer_column="solution", streaming=True)
+    assert isinstance(dataset, IterableDataset)
+    rows = list(dataset)
+    assert [r["id"] for r in rows] == list(range(10))
+    assert rows[4]["prompt"] == format_prompt(ROWS[4]["question"]) and rows[4]["answer"] == "8"
+    some = list(load_problems(path, problem_column="question", answer_column="solution", streaming=True,
+                              num_problems=3, seed=0))
+    assert len(some) == 3 and {r["id"] for r in some} <= set(range(10))
+    built_in = load_problems("arithmetic", num_problems=4, streaming=True)
+    assert isinstance(built_in, IterableDataset)
+    assert [r["problem"] for r in built_in] == load_problems("arithmetic", num_problems=4)["problem"]
+
+
+def test_streaming_a_local_config(tmp_path):
+    folder = _folder_with_configs(tmp_path)
+    dataset = load_problems(folder, dataset_config="hard", streaming=True, problem_column="question",
+                            answer_column="solution")
+    assert [r["answer"] for r in dataset] == [str(r["solution"]) for r in ROWS[3:]]
+
+
+def test_config_and_streaming_reach_load_dataset_for_hub_names(monkeypatch):
+    # A hub dataset cannot be reached offline: a spy stands in for datasets.load_dataset.
+    calls = []
+
+    def fake_load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return Dataset.from_list([{"problem": "What is 1 + 2?", "answer": "3"}])
+
+    monkeypatch.setattr(data.datasets, "load_dataset", fake_load_dataset)
+    load_problems("someone/math-problems", split="test", dataset_config="algebra", streaming=True)
+    assert calls == [("someone/math-problems", {"name": "algebra", "split": "test", "streaming": True})]

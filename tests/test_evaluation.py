@@ -25,7 +25,8 @@ def test_flat_zero_curve_has_regret_one():
 def test_curve_starts_at_origin_and_is_held_after_last_point():
     # (0,0) -> (10,1) linear, then held at 1: area to 20 = 5 + 10 = 15.
     assert curve_area([10], [1.0], 20) == pytest.approx(15.0)
-    assert regret_at([10], [1.0], 20) == pytest.approx(0.25)
+    # Regret reads the step curve (issue 21: one definition): 0 until 10 tokens, then 1: area 10.
+    assert regret_at([10], [1.0], 20) == pytest.approx(0.5)
     # A point at 0 tokens replaces the implicit (0, 0).
     assert curve_area([0, 10], [0.5, 0.5], 20) == pytest.approx(10.0)
 
@@ -35,7 +36,7 @@ def test_interpolation_at_a_cutoff_between_points():
     assert curve_value([0, 10, 30], [0.0, 0.5, 1.0], 20) == pytest.approx(0.75)
     # area = 10*0.25 (first segment) + 10*(0.5+0.75)/2 = 2.5 + 6.25 = 8.75
     assert curve_area([0, 10, 30], [0.0, 0.5, 1.0], 20) == pytest.approx(8.75)
-    assert regret_at([0, 10, 30], [0.0, 0.5, 1.0], 20) == pytest.approx(1 - 8.75 / 20)
+    assert regret_at([0, 10, 30], [0.0, 0.5, 1.0], 20) == pytest.approx(1 - 5.0 / 20)  # step: 0 * 10 + 0.5 * 10
     # A cutoff before the first point cuts the first segment: (0,0)->(10,1) up to 4: area 4*0.2 = 0.8.
     assert curve_area([10], [1.0], 4) == pytest.approx(0.8)
 
@@ -114,12 +115,12 @@ def test_summarize_hand_worked_records():
     s = summarize(records, config)
     assert s["accuracy"] == 0.5 and s["mean_tokens"] == 30 and s["mean_episodes"] == 1.5
     assert [p["accuracy"] for p in s["accuracy_vs_budget"]] == [0.0, 0.5, 0.5]
-    # First completion: area to 20 = 5 + 10 = 15, regret 0.25; to 40: 5 + 30 = 35, regret 0.125.
-    assert [r["regret"] for r in s["regret"]] == [pytest.approx((0.25 + 1) / 2), pytest.approx((0.125 + 1) / 2)]
+    # First completion (J step curve): area to 20 = 0 + 10, regret 0.5; to 40: 0 + 30, regret 0.25.
+    assert [r["regret"] for r in s["regret"]] == [pytest.approx((0.5 + 1) / 2), pytest.approx((0.25 + 1) / 2)]
     assert s["progress_per_episode"] == [{"episode": 1, "progress": 0.5, "count": 2},
                                          {"episode": 2, "progress": 0.0, "count": 1}]
     j = {p["tokens"]: p["J"] for p in s["j_curve"]}
-    assert j[0] == 0.0 and j[5] == pytest.approx(0.25) and j[40] == 0.5
+    assert j[0] == 0.0 and j[5] == 0.0 and j[10] == 0.5 and j[40] == 0.5  # the J last measured (a step curve)
 
 
 def test_unscorable_completions_are_left_out_of_the_means():

@@ -233,3 +233,39 @@ def test_a_training_step_reads_completions_from_the_generation_cache(smollm2_pat
     # Without the generation cache the prefill reads the distinct prefixes (the minimum); with it, the suffixes.
     assert logged["mrt/prover_prefill_tokens"] < logged["mrt/prover_prefill_min"]
     assert trainer._generated == []
+
+
+# ---------------------------------------------------------------- one RNG (tiny model)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_path).eval(), AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+def tiny_prompts(tokenizer):
+    return [tokenizer("What is 7 + 5? Answer:", add_special_tokens=False)["input_ids"],
+            tokenizer("Write a long story.", add_special_tokens=False)["input_ids"]]
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_a_prover_call_leaves_the_global_rng_untouched(tiny, seed):
+    model, tok = tiny
+    prover = TransformersProver.for_model(model, tok, seed=0)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    prover.generate(tiny_prompts(tok), num_samples=3, max_tokens=6, temperature=1.0, stop=None, seed=seed)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_provers_with_the_same_seed_draw_the_same_samples_whatever_the_global_rng(tiny):
+    model, tok = tiny
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        prover = TransformersProver.for_model(model, tok, seed=7)
+        draws.append([prover.generate(tiny_prompts(tok), 3, 6, 1.0, None) for _ in range(2)])
+    assert draws[0] == draws[1]
+    assert draws[0][0] != draws[0][1], "a prover's successive calls should draw other samples"

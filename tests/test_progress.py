@@ -56,3 +56,21 @@ def test_regret_of_hand_worked_curves():
     # J_0 = 0 over the first 10 tokens, J_1 = 1 over the last 30: area 30/40.
     assert regret([0.0, 1.0, 1.0], [10, 40]) == pytest.approx(0.25)
     assert regret([0.5, 1.0], []) == 0.5  # empty completion: only J_0
+
+
+def test_training_evaluation_and_star_agree_on_one_j_curve():
+    # One definition of cumulative regret (issue 21): the J step curve, J_{j-1} held over episode j's tokens.
+    from mrt.evaluation import EvalConfig, summarize
+    from mrt.star_select import trace_regret
+
+    js, ends, j_tokens = [0.0, 0.5, 1.0, 1.0], [10, 30, 40], [0, 10, 30, 40]
+    record = {"text": "", "tokens": 40, "finished": True, "outcome": 1.0, "episode_ends": ends, "j_tokens": j_tokens,
+              "j_values": js, "budget_accuracy": [1.0]}
+    trace = {"tokens": 40, "outcome": 1.0, "j_tokens": j_tokens, "j_values": js, "answer_scores": [0.0, 1.0, 1.0]}
+    # Up to 40: 0 over [0, 10), 0.5 over [10, 30), 1 over [30, 40); then held at J_H = 1.
+    for cutoff, by_hand in ((40, 1 - (0.5 * 20 + 1.0 * 10) / 40), (80, 1 - (0.5 * 20 + 1.0 * 10 + 1.0 * 40) / 80)):
+        config = EvalConfig(models=["m"], max_tokens=80, budgets=[80], cutoffs=[cutoff])
+        evaluation = summarize([{"index": 0, "completions": [record]}], config)["regret"][0]["regret"]
+        assert evaluation == pytest.approx(by_hand) and trace_regret(trace, cutoff) == pytest.approx(by_hand)
+        if cutoff == 40:  # training measures a completion at its own length
+            assert regret(js, ends) == pytest.approx(by_hand)

@@ -1,12 +1,15 @@
 """The prover's requests and scoring (pure parts, the real SmolLM2 tokenizer): one builder, mu's own answer only."""
 
+import re
+import types
+
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from mrt.prover import (ProverRequests, RewardScorer, StopOnText, answer_in_context, build_requests, make_suffix,
                         prover_prompt, sample_success)
-from mrt.rewards import make_accuracy_reward
+from mrt.rewards import PROVER_PREFIX, PROVER_SUFFIX, make_accuracy_reward
 
 
 def encode(tokenizer, text):
@@ -122,7 +125,8 @@ def test_a_sample_no_reward_function_scores_leaves_j_unknown(tokenizer):
     assert rate is None and scores == [None]
 
 
-def test_conversational_prover_completions_are_messages(tokenizer):
+def test_conversational_prover_completions_are_messages_of_mu_s_text(tokenizer):
+    # Changed with issue 21: the completion a reward function sees is mu's text only (it was prefix + suffix + mu's).
     seen = []
 
     def record(prompts, completions, **kwargs):
@@ -130,11 +134,62 @@ def test_conversational_prover_completions_are_messages(tokenizer):
         return [0.0] * len(completions)
 
     suffix = make_suffix(tokenizer, "authors", None)
-    requests = ProverRequests(prompts=[[1, *suffix.ids]], texts=[suffix.text], prefix_ids=[[]], owner=[0],
-                              index=[[0]], asked=1)
+    requests = ProverRequests(prompts=[[1, *suffix.ids]], texts=[suffix.text], prefix_texts=[""], prefix_ids=[[]],
+                              owner=[0], index=[[0]], asked=1)
     sample_success(requests, [[encode(tokenizer, " 4")]], tokenizer.decode, suffix.text, RewardScorer(record),
                    [[{"role": "user", "content": "q"}]], [[1]], [{}], conversational=True)
-    assert seen == [[{"role": "assistant", "content": suffix.text + " 4"}]]
+    assert seen == [[{"role": "assistant", "content": " 4"}]]
+
+
+def last_box_equals_gold(completions, answer, **kwargs):
+    """A user's reward: the content of the last closed \\boxed{} equals the gold."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    boxes = [re.findall(r"\\boxed\{([^{}]*)\}", t) for t in texts]
+    return [1.0 if b and b[-1].strip() == str(g) else 0.0 for b, g in zip(boxes, answer)]
+
+
+def trl_accuracy(completions, solution, **kwargs):
+    from trl.rewards import accuracy_reward
+
+    return accuracy_reward(completions, solution, **kwargs)
+
+
+# TRL's accuracy_reward reads conversational completions only (completion[0]["content"]).
+ANY_REWARD = [(last_box_equals_gold, "answer", False), (last_box_equals_gold, "answer", True),
+              (trl_accuracy, "solution", True)]
+
+
+@pytest.mark.parametrize("reward, column, conversational", ANY_REWARD)
+@pytest.mark.parametrize("suffix_name, mu_writes, expected", [
+    ("authors", "", 0.0),  # mu wrote nothing: the prefix's \boxed{12} is not mu's
+    ("authors", " So it is \\boxed{13}.", 0.0),  # a wrong answer of mu's own
+    ("authors", " So it is \\boxed{12}.", 1.0),  # the right one
+    ("boxed", "}", 0.0),  # an empty box
+    ("boxed", "13}", 0.0),
+    ("boxed", "12}", 1.0),  # mu closes the suffix's open box
+])
+def test_j_grades_mu_s_own_answer_under_any_reward(tokenizer, reward, column, conversational, suffix_name, mu_writes,
+                                                   expected):
+    prefix = "7 + 5 = 12, so the answer is \\boxed{12}.\n\nWait, let me check."
+    suffix = make_suffix(tokenizer, suffix_name, None)
+    requests = build_requests([[1]], [encode(tokenizer, prefix)], [[len(encode(tokenizer, prefix))]], suffix,
+                              tokenizer)
+    prompt = [{"role": "user", "content": "What is 7 + 5?"}] if conversational else "What is 7 + 5?"
+    sample = encode(tokenizer, mu_writes)
+    seen = {}
+
+    def graded(prompts, completions, completion_ids, **kwargs):
+        seen.update(completions=completions, completion_ids=completion_ids, **kwargs)
+        return reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+
+    rates, _ = sample_success(requests, [[sample]], tokenizer.decode, suffix.text, RewardScorer(graded), [prompt],
+                              [[1]], [{column: "12"}], conversational=conversational)
+    assert rates == [expected]
+    assert seen["completion_ids"] == [sample]  # mu's tokens only
+    # The prefix (what the policy wrote) and the suffix (joiner + termination suffix) travel in their own kwargs.
+    assert seen[PROVER_PREFIX] == [prefix] and seen[PROVER_PREFIX][0] + seen[PROVER_SUFFIX][0] == requests.texts[0]
+    text = seen["completions"][0] if not conversational else seen["completions"][0][0]["content"]
+    assert "7 + 5" not in text and "Time is up" not in text
 
 
 def test_stop_on_text_sees_only_new_tokens(tokenizer):
@@ -145,3 +200,32 @@ def test_stop_on_text_sees_only_new_tokens(tokenizer):
     assert not stop(torch.tensor([prompt + new[:1]]), None)[0]
     assert not stop(torch.tensor([prompt + new[:3]]), None)[0]  # " 12"
     assert stop(torch.tensor([prompt + new[:4]]), None)[0]  # " 12}"
+
+
+class FakeLLM:
+    """Records the sampling parameters of each request (a real vllm.LLM takes minutes to start on CPU)."""
+
+    def __init__(self):
+        self.seeds = []
+
+    def generate(self, prompts, sampling_params, use_tqdm=False):
+        self.seeds.append([p.seed for p in sampling_params])
+        one = types.SimpleNamespace(token_ids=[5, 6])
+        return [types.SimpleNamespace(outputs=[one] * p.n) for p in sampling_params]
+
+
+def test_vllm_prover_seeds_each_request_from_its_own_generator():
+    pytest.importorskip("vllm")
+    from mrt.prover import VLLMPolicyProver
+
+    llms = [FakeLLM(), FakeLLM()]
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for llm in llms:
+        prover = VLLMPolicyProver({0}, "colocate", llm=llm, seed=11)
+        prover.generate([[1, 2], [3]], 2, 4, 1.0, None)
+        prover.generate([[1, 2], [3]], 2, 4, 1.0, None)
+    assert torch.equal(torch.get_rng_state(), before)  # the process's RNG is neither drawn from nor reseeded
+    assert llms[0].seeds == llms[1].seeds  # the same prover seed: the same request seeds
+    first, second = llms[0].seeds
+    assert len(set(first)) == 2 and first != second  # a seed per request, new ones at every call

@@ -187,9 +187,12 @@ def test_colocate_trains_with_mu_from_the_trainers_own_engine(colocate):
     assert len(calls) == 2
     (rollouts, policy_params), (requests, prover_params) = calls
     assert rollouts == 8 and policy_params.n == 1
-    assert requests == logs["mrt/prover_requests"] and prover_params.n == 4
-    assert prover_params.max_tokens == 4 and prover_params.stop == ["}"]
-    assert prover_params.include_stop_str_in_output
+    # One SamplingParams per request, each with its own seed from the prover's generator (issue 21: one RNG).
+    assert requests == logs["mrt/prover_requests"] == len(prover_params)
+    assert len({p.seed for p in prover_params}) == requests
+    for params in prover_params:
+        assert params.n == 4 and params.max_tokens == 4 and params.stop == ["}"]
+        assert params.include_stop_str_in_output
 
     record = trainer.last_progress
     for ends, js in zip(record.ends, record.j_values):

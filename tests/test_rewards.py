@@ -10,6 +10,8 @@ import pytest
 
 from mrt import rewards
 from mrt.rewards import (
+    PROVER_PREFIX,
+    PROVER_SUFFIX,
     accuracy_reward,
     make_accuracy_reward,
     parse_answer,
@@ -94,14 +96,57 @@ def test_forced_answer_is_read_from_mu_s_text_only():
     assert score_forced("\n\nTo solve this problem, we", "12") == 0.0
 
 
-def test_accuracy_reward_grades_only_the_forced_answer_of_a_prover_sample():
+def test_accuracy_reward_grades_a_prover_sample_by_the_forced_answer_rule():
+    # Changed with issue 21: a prover sample is mu's text as the completion, with the prefix and suffix in kwargs of
+    # their own (the old `forced_answer` kwarg is gone). The prefix's answer never counts.
     reward = make_accuracy_reward("answer")
-    # The completion text holds the prefix's answer 12; mu's own continuation has none.
-    completion = "That gives 12.\n\nTime is up.\n\nTo solve this problem, we"
-    assert reward(prompts=["q"], completions=[completion], answer=["12"]) == [1.0]  # a policy completion
-    assert reward(prompts=["q"], completions=[completion], answer=["12"],
-                  forced_answer=["To solve this problem, we"]) == [0.0]
+    prover = {PROVER_PREFIX: ["That gives 12."], PROVER_SUFFIX: ["\n\nTime is up.\n\n"]}
+    assert reward(prompts=["q"], completions=["To solve this problem, we"], answer=["12"], **prover) == [0.0]
+    assert reward(prompts=["q"], completions=["So it is 12."], answer=["12"], **prover) == [1.0]
+    assert reward(prompts=["q"], completions=["\\boxed{12"], answer=["12"], **prover) == [0.0]  # unclosed box
+    assert reward(prompts=["q"], completions=["\\boxed{12"], answer=["12"]) == [1.0]  # a finished policy completion
 
+
+# ---------------------------------------------------------------- what counts as an answer (issue 20)
+
+EOS = 2
+
+
+@pytest.mark.parametrize("text, finished, expected", [
+    ("To add 4 and 8: 4 + 8 = 12, and then add them together: 12 +", False, 0.0),  # cut at the token limit
+    ("So the total is 12", False, 0.0),  # cut: a final number is not an answer yet
+    ("So the total is 12", True, 1.0),  # finished: the final number is the answer
+    ("So the answer is \\boxed{12}, and to check it", False, 1.0),  # cut after a closed box
+    ("So \\boxed{12}. Hmm, no: \\boxed{1", False, 0.0),  # cut inside the last box
+    ("So the answer is \\boxed{12}", True, 1.0),
+])
+def test_a_completion_cut_at_the_token_limit_counts_only_a_closed_box(text, finished, expected):
+    reward = make_accuracy_reward("answer", eos_token_ids=[EOS])
+    ids = [5, 6, 7] + ([EOS] if finished else [])
+    assert reward(prompts=["q"], completions=[text], completion_ids=[ids], answer=["12"]) == [expected]
+    assert score(text, "12", finished=finished) == expected
+
+
+def test_without_eos_ids_every_completion_counts_as_finished():
+    reward = make_accuracy_reward("answer")
+    assert reward(prompts=["q"], completions=["So the total is 12"], completion_ids=[[5, 6]], answer=["12"]) == [1.0]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_the_trainer_s_accuracy_reward_knows_a_cut_completion(tiny_model_path, tmp_path, given):
+    # The default reward, and MRT's accuracy reward given without EOS ids (e.g. `--reward_funcs mrt_accuracy`).
+    from mrt import MRTConfig, MRTTrainer
+    from mrt.data import arithmetic_dataset
+
+    args = MRTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", num_generations=2,
+                     per_device_train_batch_size=2, max_completion_length=8)
+    trainer = MRTTrainer(model=tiny_model_path, args=args, train_dataset=arithmetic_dataset(4, seed=0),
+                         reward_funcs=[make_accuracy_reward("answer")] if given else None)
+    reward = trainer.reward_funcs[0]
+    text = ["4 + 8 = 12, and then add them together: 12"]
+    assert reward(prompts=["q"], completions=text, completion_ids=[[5, 6]], answer=["12"]) == [0.0]
+    assert reward(prompts=["q"], completions=text, completion_ids=[[5, trainer.eos_token_ids[-1]]],
+                  answer=["12"]) == [1.0]
 
 
 # ---------------------------------------------------------------- TRL reward function

@@ -15,16 +15,16 @@ def trace(j_tokens, j_values, answer_scores=None, outcome=None):
             "j_values": j_values, "answer_scores": answer_scores or [1.0] * (len(j_values) - 1)}
 
 
-# One problem. Regret at 100 tokens (linear curves held at J_H after the end):
-SLOW = trace([0, 50, 100], [0.0, 0.0, 1.0], [0.0, 0.0])  # 1 - 25/100 = 0.75
-EARLY = trace([0, 20, 100], [0.0, 1.0, 1.0], [0.0, 1.0])  # 1 - 90/100 = 0.10; J is at its max after episode 1
+# One problem. Regret at 100 tokens (J step curves held at J_H after the end):
+SLOW = trace([0, 50, 100], [0.0, 0.0, 1.0], [0.0, 0.0])  # 1 - 0/100 = 1.0
+EARLY = trace([0, 20, 100], [0.0, 1.0, 1.0], [0.0, 1.0])  # 1 - 80/100 = 0.20; J is at its max after episode 1
 WRONG = trace([0, 30, 60], [1.0, 1.0, 0.0])  # mu knows, the trace ends wrong: never kept
-SHORT = trace([0, 40], [0.0, 1.0], [0.0])  # 1 - 80/100 = 0.20
+SHORT = trace([0, 40], [0.0, 1.0], [0.0])  # 1 - 60/100 = 0.40
 PROBLEM = [SLOW, EARLY, WRONG, SHORT]
 
 
 def test_regret_ranks_progress_per_token():
-    assert [round(trace_regret(t, CUTOFF), 6) for t in (SLOW, EARLY, SHORT)] == [0.75, 0.1, 0.2]
+    assert [round(trace_regret(t, CUTOFF), 6) for t in (SLOW, EARLY, SHORT)] == [1.0, 0.2, 0.4]
 
 
 def test_progress_keeps_the_lowest_regret_correct_traces():
@@ -68,7 +68,10 @@ def test_ties_prefer_fewer_tokens_then_order():
 @pytest.mark.parametrize("values, scores, cut", [
     ([0.0, 0.5, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0], 2),  # the FIRST episode where J reaches its maximum
     ([0.0, 0.5, 0.5, 1.0], [0.0, 1.0, 1.0], None),  # the maximum is only reached by the trace itself
-    ([1.0, 1.0], [1.0], 0),  # mu answers from the prompt alone as well as the whole trace
+    # Never cut at j = 0 (issue 21; it was cut there): suffix + answer alone teaches opening with "Time is up".
+    ([1.0, 1.0], [1.0], None),  # mu answers from the prompt alone as well as the whole trace: kept whole
+    ([1.0, 1.0, 1.0], [1.0, 1.0], 1),  # J_0 is at the maximum: the first prefix after an episode that is
+    ([1.0, 0.5, 1.0, 1.0], [1.0, 0.0, 1.0], 2),
     ([0.0, 1.0, 1.0], [0.0, None], None),  # no answer of mu kept at that prefix: nothing to end the cut trace with
     ([0.0, 0.0, 0.0], [0.0, 0.0], None),  # a wrong trace is never cut
 ])
@@ -120,8 +123,8 @@ def test_selection_properties(traces, keep, truncate):
         if c.cut is None:
             continue
         values = traces[c.trace]["j_values"]
-        assert truncate and c.cut < len(values) - 1 and values[c.cut] == max(values) > 0
-        assert all(v < max(values) for v in values[:c.cut]) and traces[c.trace]["answer_scores"][c.cut] > 0
+        assert truncate and 1 <= c.cut < len(values) - 1 and values[c.cut] == max(values) > 0
+        assert all(v < max(values) for v in values[1:c.cut]) and traces[c.trace]["answer_scores"][c.cut] > 0
 
 
 def test_bad_arguments():
@@ -138,7 +141,7 @@ def test_summary_counts_and_curves():
     assert summary["traces_cut"] == 1 and summary["problems_kept"] == 1
     assert summary["mean_tokens_generated"] == pytest.approx((100 + 100 + 60 + 40) / 4)
     assert summary["mean_tokens_kept_before_cut"] == 100 and summary["mean_tokens_trained"] == 30
-    assert summary["mean_regret_kept"] == pytest.approx(0.1)
+    assert summary["mean_regret_kept"] == pytest.approx(0.2)
     kept = {p["tokens"]: p["J"] for p in summary["j_curve_kept"]}
     dropped = {p["tokens"]: p["J"] for p in summary["j_curve_dropped"]}
     assert kept[0] == 0.0 and kept[100] == 1.0 and kept[25] == 1.0
@@ -199,6 +202,20 @@ def test_config_errors_name_the_field(field, value, tmp_path):
 
 
 # ---------------------------------------------------------------- the cut trace, on a real tokenizer
+
+
+def test_a_trace_cut_at_the_token_limit_is_scored_as_cut(tokenizer):
+    # Issue 20: the default reward reads a trace's ids as GRPOTrainer's (ending in EOS when the model ended it).
+    from mrt.prover import eos_ids
+    from mrt.rewards import make_accuracy_reward
+    from mrt.star import _with_eos
+
+    reward = make_accuracy_reward("answer", eos_ids(tokenizer))
+    text = "4 + 8 = 12, and then add them together: 12"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for finished, expected in ((False, 0.0), (True, 1.0)):
+        generated = _with_eos(ids, finished, tokenizer.eos_token_id)
+        assert reward(prompts=["q"], completions=[text], completion_ids=[generated], answer=["12"]) == [expected]
 
 
 def test_cut_trace_is_prefix_suffix_and_mus_answer(tokenizer):
@@ -282,17 +299,18 @@ def test_one_iteration_cuts_trains_and_saves(tiny_model_path, tmp_path):
 
     from mrt.star import DONE, run
 
-    config = small_config(tmp_path, tiny_model_path, keep_per_problem=1)
+    config = small_config(tmp_path, tiny_model_path, keep_per_problem=1, episode_chunk_tokens=4)
     (summary,) = run(config, reward_funcs=[always_right], progress_bar=False)
     out = Path(config.output_dir)
     assert summary["traces_generated"] == 10 and summary["traces_correct"] == 10 and summary["traces_kept"] == 5
-    # J_0 = 1 = max: the best place to stop is right after the prompt, so every kept trace is cut there.
-    assert summary["traces_cut"] == 5
     selected = [json.loads(line) for line in (out / "iter-1" / "selected.jsonl").read_text().splitlines()]
     assert len(selected) == 5 and {s["index"] for s in selected} == {0, 1, 2, 3, 4}
+    # J = 1 from the prompt on: the best place to stop is after the first episode, never right after the prompt
+    # (changed with issue 21: a trace cut at j = 0, suffix + answer alone, was kept and opened with "Time is up.").
     for s in selected:
-        assert s["cut_after_episode"] == 0 and s["j_values"][0] == 1.0
-        assert s["completion"].startswith("Time is up.") and s["completion"].endswith("<|im_end|>")
+        assert s["cut_after_episode"] in (None, 1) and s["j_values"][0] == 1.0
+        assert not s["completion"].startswith("Time is up.") and s["completion"].endswith("<|im_end|>")
+    assert summary["traces_cut"] == sum(s["cut_after_episode"] == 1 for s in selected) >= 1
     assert json.loads((out / "iter-1" / "summary.json").read_text())["seconds_train"] > 0
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
@@ -313,7 +331,7 @@ def test_one_iteration_cuts_trains_and_saves(tiny_model_path, tmp_path):
     for path in (out / "iter-1").glob("*-rank*.jsonl"):
         shutil.copy(path, star / "iter-1" / path.name)
     before = {p.name: p.read_text() for p in (star / "iter-1").glob("*.jsonl")}
-    plain = small_config(tmp_path, tiny_model_path, selection="correct", output_dir=str(star))
+    plain = small_config(tmp_path, tiny_model_path, selection="correct", output_dir=str(star), episode_chunk_tokens=4)
     (baseline,) = run(plain, reward_funcs=[always_right], progress_bar=False)
     assert baseline["traces_kept"] == 10 and baseline["traces_cut"] == 0
     assert {name: (star / "iter-1" / name).read_text() for name in before} == before

@@ -229,3 +229,17 @@ def test_write_trace_takes_negative_terms():
     trace = write_trace("-5 + 12 - -3", random.Random(0), options)
     assert signed_terms("-5 + 12 - -3") == [-5, 12, 3]
     assert trace.answer == "10" and trace.correct and _wrong_equations(trace.text) == 0
+
+
+def test_load_problems_reads_a_reasoning_gym_name():
+    from mrt.data import load_problems
+
+    train = load_problems("reasoning_gym:chain_sum?min_terms=3&max_terms=3&min_digits=2&max_digits=2",
+                          num_problems=8, seed=1)
+    test = load_problems("reasoning_gym:chain_sum?min_terms=3&max_terms=3&min_digits=2&max_digits=2",
+                         split="test", num_problems=8, seed=1)
+    assert len(train) == 8 and {"prompt", "answer", "task", "metadata"} <= set(train.column_names)
+    assert train[0]["prompt"][-1]["role"] == "user" and train[0]["task"] == "chain_sum"
+    assert not set(train["problem"]) & set(test["problem"])
+    with pytest.raises(ValueError, match="dataset_config"):
+        load_problems("reasoning_gym:chain_sum", num_problems=2, dataset_config="x")

@@ -193,6 +193,48 @@ def test_long_prompts_are_dropped_with_a_warning(tiny_model_path, tmp_path, capl
         mrt_trainer(tiny_model_path, tmp_path, dataset=dataset, max_prompt_length=5)
 
 
+def test_prompt_lengths_are_counted_as_trl_tokenizes_prompts(tiny_model_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    # A template that reads a chat_template_kwargs value, as e.g. Qwen3's reads enable_thinking.
+    tok.chat_template = "{% if preamble %}{{ preamble }}{% endif %}" + tok.chat_template
+    rows = [{"prompt": [{"role": "user", "content": "What is 1 + 1?" + " Think." * k}], "answer": "2"}
+            for k in range(8)]
+    dataset = Dataset.from_list(rows)
+    settings = {**COMMON, **MRT, "chat_template_kwargs": {"preamble": "Take your time. " * 40}}
+
+    def build(**overrides):
+        args = MRTConfig(output_dir=str(tmp_path / "out"), **{**settings, **overrides})
+        return MRTTrainer(model=tiny_model_path, args=args, train_dataset=dataset, processing_class=tok)
+
+    prompts = [row["prompt"] for row in rows]
+    lengths = [len(ids) for ids in build()._tokenize_prompts(prompts)[0]]  # TRL's own prompt ids
+    assert lengths == sorted(lengths) and lengths[0] > 160  # the preamble counts
+    limit = lengths[3]
+    kept = [row["prompt"] for row in build(max_prompt_length=limit).train_dataset]
+    assert kept == [p for p, n in zip(prompts, lengths) if n <= limit] and len(kept) < len(prompts)
+
+
+def test_j_is_the_same_with_and_without_the_generation_cache(tiny_model_path, tmp_path):
+    # One real TRL step: 8 completions (4 prompts x num_generations 2) generated once for 2 micro-steps. Same
+    # seed, so the same completions and the same random draws of mu: only where the keys and values come from
+    # differs.
+    runs = {}
+    for reuse in (True, False):
+        trainer = mrt_trainer(tiny_model_path, tmp_path / str(reuse), reward_funcs=parity, max_steps=1,
+                              steps_per_generation=2, prover_reuse_generation_cache=reuse)
+        trainer.train()
+        prefill = [h["mrt/prover_prefill_tokens"] for h in trainer.state.log_history
+                   if "mrt/prover_prefill_tokens" in h]
+        runs[reuse] = (trainer.last_progress, prefill[0])
+    (cached, read_with), (plain, read_without) = runs[True], runs[False]
+    assert len(cached.j_values) == 8 and any(0 < j < 1 for js in cached.j_values for j in js[:-1])
+    assert cached.ends == plain.ends and cached.j_values == plain.j_values
+    assert torch.equal(cached.advantages, plain.advantages)
+    assert read_with < read_without  # the switch switched: with the cache the prover read only the suffixes
+
+
 def test_eval_batches_get_the_bonus_too(tiny_model_path, tmp_path):
     trainer = mrt_trainer(tiny_model_path, tmp_path, eval_dataset=arithmetic_dataset(4, seed=1),
                           per_device_eval_batch_size=4, eval_strategy="no")
@@ -254,18 +296,47 @@ def test_estimating_progress_at_alpha_zero_is_grpo_even_for_rows_only_another_re
     assert torch.equal(output["advantages"], grpo.unsqueeze(1).expand_as(output["advantages"]))
 
 
-def test_termination_baseline_is_the_whole_reward_minus_j0_of_the_progress_rewards(tiny_model_path, tmp_path):
+def parity(completions, **kwargs):
+    """A reward a random model earns about half the time: the parity of the text's length."""
+    return [float(len(c[0]["content"] if isinstance(c, list) else c) % 2) for c in completions]
+
+
+def test_termination_baseline_takes_r_and_j0_from_the_progress_rewards(tiny_model_path, tmp_path):
+    # Issue 21 changed this rule: r was the whole reward, J_0 only the progress rewards' (two scales).
     trainer = mrt_trainer(tiny_model_path, tmp_path, progress_mode="termination_baseline", alpha=1.0,
-                          reward_funcs=[mrt_reward(), length_reward], reward_weights=[1.0, 0.01],
-                          progress_reward_funcs=["accuracy"])
+                          reward_funcs=[parity, length_reward], reward_weights=[1.0, 0.01],
+                          progress_reward_funcs=["parity"])
     one_batch(trainer)
     record = trainer.last_progress
     rewards = trainer.local_rewards(4)
-    whole = rewards[:, 0] + 0.01 * rewards[:, 1]  # the format-like length reward counts in r
-    assert whole.abs().sum() > 0
-    expected = whole - torch.tensor([js[0] for js in record.j_values])
+    assert rewards[:, 1].abs().sum() > 0  # the length reward counts in GRPO's reward, not in r or J
+    expected = rewards[:, 0] - torch.tensor([js[0] for js in record.j_values])
     assert torch.allclose(record.sequence_advantages, expected)
-    assert all(js[-1] == r for js, r in zip(record.j_values, rewards[:, 0].tolist()))  # J_H: accuracy only
+    assert all(js[-1] == r for js, r in zip(record.j_values, rewards[:, 0].tolist()))  # J_H = r
+
+
+def test_termination_baseline_rows_without_j0_take_the_group_mean_in_reward_units(tiny_model_path, tmp_path):
+    from mrt.rewards import PROVER_SUFFIX
+
+    first = arithmetic_dataset(16, seed=0)[0]["problem"]
+
+    def checksum_but_not_mu_on_the_first_problem(completions, problem, **kwargs):
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        values = [float(sum(map(ord, t)) % 97) / 10 for t in texts]  # differs between texts, almost surely
+        if PROVER_SUFFIX in kwargs:  # a prover sample: unscored for the first problem, so its J is unknown
+            values = [None if p == first else v for v, p in zip(values, problem)]
+        return values
+
+    trainer = mrt_trainer(tiny_model_path, tmp_path, progress_mode="termination_baseline", alpha=1.0,
+                          reward_funcs=checksum_but_not_mu_on_the_first_problem)
+    one_batch(trainer)  # rows 0-1: the first problem, rows 2-3: the second
+    record = trainer.last_progress
+    r = trainer.local_rewards(4)[:, 0]
+    assert [js[0] is None for js in record.j_values] == [True, True, False, False]
+    assert r[0] != r[1] and abs(abs(r[0] - r[1]) - 2 ** 0.5) > 0.1  # GRPO's scaling would show
+    # r - J_0 where J_0 is known; r - the group's mean r (GRPO's baseline, not divided by the std) elsewhere.
+    expected = torch.cat([r[:2] - r[:2].mean(), r[2:] - torch.tensor([js[0] for js in record.j_values[2:]])])
+    assert torch.allclose(record.sequence_advantages, expected)
 
 
 def test_likelihood_with_whole_solutions_as_answers_warns(tiny_model_path, tmp_path, caplog):

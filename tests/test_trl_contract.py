@@ -90,7 +90,8 @@ CASES = {
     "num_iterations=2": (dict(num_iterations=2, max_steps=2), "conversational", "char", None),
     "steps_per_generation=2": (dict(steps_per_generation=2, max_steps=2), "conversational", "char", None),
     "iterable_dataset": ({}, "iterable", "char", None),
-    "eval_dataset_dict": (dict(per_device_eval_batch_size=4), "conversational", "char", "dict"),
+    # prover_on_eval: evaluation runs the prover too, so its eval_mrt/ metrics are logged (off by default).
+    "eval_dataset_dict": (dict(per_device_eval_batch_size=4, prover_on_eval=True), "conversational", "char", "dict"),
     "custom_reward_function": ({}, "conversational", "char", None),
     "reward_model": ({}, "conversational", "model", None),
     "two_rewards_with_weights": (dict(reward_weights=[0.7, 0.3]), "conversational", "two", None),

@@ -35,7 +35,7 @@ def write_run(tmp, model_path: str, name: str):
 @pytest.fixture(scope="module")
 def runs(tiny_model_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zero3")
-    full = launch(write_run(tmp, tiny_model_path, "full"), tmp)
+    full = launch(write_run(tmp, tiny_model_path, "full"), tmp, MRT_PROBE_CACHE_CHECK="1")
     stopped = launch(write_run(tmp, tiny_model_path, "stopped"), tmp, MRT_PROBE_STOP_AFTER="2")
     checkpoint = tmp / "stopped" / "checkpoint-2"
     resumed = launch(write_run(tmp, tiny_model_path, "resumed"), tmp, "--resume_from_checkpoint", str(checkpoint))
@@ -70,6 +70,17 @@ def test_every_rank_runs_the_prover_and_gets_the_bonus(runs):
                         assert step["advantages"][row][t] == pytest.approx(expected[t], abs=1e-6)
                         bonus_tokens += abs(step["advantages"][row][t] - step["grpo_advantages"][row]) > 1e-6
             assert bonus_tokens > 0, "this rank's advantages are GRPO's: no progress bonus"
+
+
+def test_j_is_the_same_without_the_generation_cache(runs):
+    # Step 1 of the full run, estimated twice from the same random state: with the keys and values generation
+    # computed (the run's own J), then with prover_reuse_generation_cache off.
+    for record in runs["full"]:
+        step = record["steps"][0]
+        check = step["cache_check"]
+        assert check["cached"] == step["j_values"] and check["plain"] == check["cached"]
+        with_cache, without = check["prefill_tokens"]
+        assert with_cache < without  # the cache was used, and switched off
 
 
 def test_unequal_prover_work_stays_in_step(runs):

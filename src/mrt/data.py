@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 
 SYSTEM_PROMPT = (
     "You are a careful math assistant. Reason step by step, then give the final answer "
@@ -16,6 +16,7 @@ SYSTEM_PROMPT = (
 _FILE_TYPES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _OPS = ("+", "-", "*")
 _TEST_SEED_OFFSET = 1_000_003  # built-in task: splits other than "train" draw from another seed
+TRL_COLUMNS = {"problem": "prompt", "answer": "solution"}  # TRL's names for the default columns
 
 
 def format_prompt(problem: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict]:
@@ -94,57 +95,116 @@ def _local_files(folder: Path, split: str) -> list[Path]:
     return named or files
 
 
-def _read(source: str, split: str) -> Dataset:
+def _read(source: str, split: str, dataset_config: str | None, streaming: bool):
+    """A split of a local file or folder, or of a hub dataset, as `datasets.load_dataset` gives it."""
+    options = {"streaming": True} if streaming else {}
     path = Path(source)
+    is_file = path.suffix in _FILE_TYPES
+    if dataset_config is not None:  # a hub dataset's subset, or a local folder's (configs in its README.md)
+        if is_file:
+            raise ValueError(f"dataset_config = {dataset_config!r} is invalid for the file {source}: "
+                             "expected None (a config names a subset of a hub dataset or of a folder with "
+                             "configs in its README.md)")
+        return datasets.load_dataset(source, name=dataset_config, split=split, **options)
     if path.is_dir():
         files = _local_files(path, split)
-    elif path.suffix in _FILE_TYPES:
+    elif is_file:
         if not path.exists():
             raise FileNotFoundError(f"Dataset file not found: {source}")
         files = [path]
     else:
-        return datasets.load_dataset(source, split=split)
+        return datasets.load_dataset(source, split=split, **options)
     kinds = {_FILE_TYPES[p.suffix] for p in files}
     if len(kinds) > 1:
         raise ValueError(f"{source} mixes file types {sorted(kinds)}; keep one kind per folder")
-    return datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
+    return datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train", **options)
 
 
 def _is_conversation(value) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value)
 
 
+def _pick(present, column: str) -> str:
+    """`column`, or TRL's name for it when `column` is a default name the dataset lacks (TRL's convention)."""
+    trl_name = TRL_COLUMNS.get(column)
+    if present is not None and column not in present and trl_name in present:
+        return trl_name
+    return column
+
+
+def _gold(value) -> str:
+    return "" if value is None else str(value)
+
+
 def load_problems(source: str, split: str = "train", problem_column: str = "problem",
                   answer_column: str = "answer", system_prompt: str | None = SYSTEM_PROMPT,
-                  num_problems: int | None = None, seed: int = 0) -> Dataset:
+                  num_problems: int | None = None, seed: int = 0, *, dataset_config: str | None = None,
+                  streaming: bool = False, require_answer: bool = True) -> Dataset | IterableDataset:
     """Problems as conversational prompts with a gold answer.
 
     source: "arithmetic" or "arithmetic:<difficulty>" (built in; splits other than "train" use other
-    problems), a local .json/.jsonl/.parquet file or a folder of them (files named after `split` are
+    problems), "reasoning_gym:<task>?<option>=<value>&..." (a reasoning-gym task, see
+    `mrt.testbed.reasoning_gym`), a local .json/.jsonl/.parquet file or a folder of them (files named after `split` are
     preferred), or else a hub dataset passed to `datasets.load_dataset(source, split=split)`.
+    dataset_config: the subset (`load_dataset`'s `name`) of a hub dataset or of a local folder that declares
+    configs in its README.md. streaming: an IterableDataset (TRL trains on one when max_steps is set).
 
     Returns the original columns plus "prompt" (built from `problem_column` and the system prompt; a
     column that already holds conversations is kept as is) and "answer" (the gold from
-    `answer_column`, as a string). num_problems: shuffle with `seed` and keep that many.
+    `answer_column`, as a string). A dataset in TRL's convention needs no mapping: when the default
+    "problem" / "answer" columns are absent, "prompt" / "solution" are read. require_answer=False (a
+    custom reward): a dataset without the answer column loads, with no "answer" column added.
+    num_problems: shuffle with `seed` and keep that many.
     """
-    if source == "arithmetic" or source.startswith("arithmetic:"):
+    built_in = source == "arithmetic" or source.startswith(("arithmetic:", "reasoning_gym:"))
+    if built_in and dataset_config is not None:
+        raise ValueError(f"dataset_config = {dataset_config!r} is invalid for the built-in {source!r}: expected "
+                         "None (options go in the name: 'arithmetic:2', 'reasoning_gym:chain_sum?min_terms=3')")
+    if source.startswith("reasoning_gym:"):
+        from mrt.testbed.reasoning_gym import load_spec  # the `reasoning` extra
+
+        dataset = load_spec(source, 256 if num_problems is None else num_problems, seed, split, system_prompt)
+        num_problems = None
+        if streaming:
+            dataset = dataset.to_iterable_dataset()
+    elif source == "arithmetic" or source.startswith("arithmetic:"):
+        if dataset_config is not None:
+            raise ValueError(f"dataset_config = {dataset_config!r} is invalid for the built-in {source!r}: "
+                             "expected None (the difficulty goes in the name, 'arithmetic:2')")
         difficulty = int(source.partition(":")[2] or 1)
         split_seed = seed if split == "train" else seed + _TEST_SEED_OFFSET
         dataset = arithmetic_dataset(256 if num_problems is None else num_problems, seed=split_seed,
                                      difficulty=difficulty, system_prompt=system_prompt)
         num_problems = None  # already exactly that many
+        if streaming:
+            dataset = dataset.to_iterable_dataset()
     else:
-        dataset = _read(source, split)
-    require_columns(dataset, [problem_column, answer_column], what=f"dataset {source!r}")
+        dataset = _read(source, split, dataset_config, streaming)
+    present = dataset.column_names
+    problem_column, answer_column = _pick(present, problem_column), _pick(present, answer_column)
+    with_answer = require_answer or present is None or answer_column in present
+    require_columns(dataset, [problem_column, answer_column] if with_answer else [problem_column],
+                    what=f"dataset {source!r}")
+
+    def prompt(value) -> list[dict]:
+        return value if _is_conversation(value) else format_prompt(str(value), system_prompt)
+
+    if isinstance(dataset, IterableDataset):  # rows are mapped as they stream, with no column types to keep
+        if num_problems is not None:
+            dataset = dataset.shuffle(seed=seed).take(num_problems)
+
+        def convert(row: dict) -> dict:
+            new = {"prompt": prompt(row[problem_column])}
+            return {**new, "answer": _gold(row[answer_column])} if with_answer else new
+
+        return dataset.map(convert)
     if num_problems is not None:
         dataset = dataset.shuffle(seed=seed).select(range(min(num_problems, len(dataset))))
-
-    problems = dataset[problem_column]
-    prompts = [p if _is_conversation(p) else format_prompt(str(p), system_prompt) for p in problems]
-    answers = ["" if a is None else str(a) for a in dataset[answer_column]]
     # Add new columns and drop the old ones (map would cast the new strings back to an old integer
     # "answer" type); temporary names, because removing every column first would lose the row count.
-    replaced = [c for c in ("prompt", "answer") if c in dataset.column_names]
-    dataset = dataset.add_column("_mrt_prompt", prompts).add_column("_mrt_answer", answers)
-    dataset = dataset.remove_columns(replaced)
-    return dataset.rename_columns({"_mrt_prompt": "prompt", "_mrt_answer": "answer"})
+    names = {"_mrt_prompt": "prompt", "_mrt_answer": "answer"} if with_answer else {"_mrt_prompt": "prompt"}
+    dataset = dataset.add_column("_mrt_prompt", [prompt(p) for p in dataset[problem_column]])
+    if with_answer:
+        dataset = dataset.add_column("_mrt_answer", [_gold(a) for a in dataset[answer_column]])
+    dataset = dataset.remove_columns([c for c in names.values() if c in present])
+    return dataset.rename_columns(names)

@@ -25,7 +25,7 @@ from pathlib import Path
 from mrt.checks import check
 from mrt.episodes import EpisodeRules, no_empty_tag, prefix_lengths, resolve_thinking_tag, split_completion
 from mrt.generation import BACKENDS
-from mrt.progress import curve_value, efficiency_ratios, progress, regret_at, tokens_to_reach
+from mrt.progress import efficiency_ratios, j_at, progress, regret_at, tokens_to_reach
 from mrt.prover import ProgressEstimator, RewardScorer, Suffix, make_suffix
 from mrt.rewards import make_accuracy_reward, score
 
@@ -184,8 +184,8 @@ def evaluate_problems(config: EvalConfig, setup: ProblemSetup, model, mu, prompt
         episode_prefixes.append(prefix_lengths(ends) if ends else [0])
         mu_lengths.append(episode_prefixes[-1] + ([n] if not s.finished else []))
         budget_lengths.append(sorted({min(b, n) for b in config.budgets if b < n or not s.finished}))
-        rows.append({"text": s.text, "tokens": n, "finished": s.finished, "outcome": score(s.text, golds[p]),
-                     "episode_ends": ends})
+        rows.append({"text": s.text, "tokens": n, "finished": s.finished,
+                     "outcome": score(s.text, golds[p], s.finished), "episode_ends": ends})
 
     def ask(generator, lengths, call_seed) -> list[dict[int, float | None]]:
         estimator = ProgressEstimator(generator.prover, tok, setup.rules, setup.suffix, setup.scorer,
@@ -389,7 +389,7 @@ def summarize(records: list[dict], config: EvalConfig) -> dict:
         "J_0": _mean(c["j_values"][0] for c in ok),
         "accuracy_vs_budget": [{"budget": b, "accuracy": _mean(c["budget_accuracy"][k] for c in ok)}
                                for k, b in enumerate(config.budgets)],
-        "j_curve": [{"tokens": t, "J": _mean(curve_value(c["j_tokens"], c["j_values"], t) for c in ok)}
+        "j_curve": [{"tokens": t, "J": _mean(j_at(c["j_tokens"], c["j_values"], t) for c in ok)}
                     for t in grid],
         "regret": [{"cutoff": t, "regret": _mean(regret_at(c["j_tokens"], c["j_values"], t) for c in ok)}
                    for t in config.cutoffs],

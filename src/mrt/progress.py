@@ -42,15 +42,12 @@ def termination_advantages(outcomes: Sequence[float], j0: Sequence[float]) -> to
 
 
 def regret(j_values: Sequence[float], ends: Sequence[int]) -> float:
-    """1 - normalised area under the J-against-tokens step curve of one completion.
-
-    During episode j the best answer available is the one mu gives from the prefix before it (J_{j-1}), so the
-    curve holds J_{j-1} over that episode's tokens. A stream whose J is 1 from the start has regret 0.
-    """
+    """Training's `mrt/regret` of one completion: `regret_at` its own J curve (J_0..J_H measured at 0 and after each
+    episode) at its own length. An empty completion: 1 - J_0."""
     if not ends:
         return 1.0 - float(j_values[0])
-    tokens = [0, *ends[:-1]]
-    return 1.0 - curve_area(tokens, j_values[:len(ends)], ends[-1], step=True) / ends[-1]
+    values = list(j_values[:len(ends) + 1])
+    return regret_at([0, *ends[:-1], ends[-1]][:len(values)], values, ends[-1])
 
 
 # ---------------------------------------------------------------- curves of J (or accuracy) against tokens
@@ -107,10 +104,23 @@ def curve_area(tokens: Sequence[float], values: Sequence[float], cutoff: float, 
     return area
 
 
+def j_at(tokens: Sequence[float], values: Sequence[float], at: float) -> float:
+    """A J-against-tokens curve at `at` tokens: the J measured last at or before `at` (a step curve), the curve
+    whose area `regret_at` measures. Points as for `curve_value`; (0, 0) before a first point above 0 tokens."""
+    return curve_value(tokens, values, at, step=True)
+
+
 def regret_at(tokens: Sequence[float], values: Sequence[float], cutoff: float) -> float:
-    """Cumulative regret at `cutoff` tokens: 1 - the area under the (linear) curve up to the cutoff, divided by
-    the cutoff. 0 for a curve at 1 from the start, 1 for a curve that stays at 0."""
-    return 1.0 - curve_area(tokens, values, cutoff) / cutoff
+    """THE cumulative regret (training's metric, the evaluation, MRT-STaR's ranking): 1 - the area under the J
+    step curve (`j_at`) up to `cutoff` tokens, divided by the cutoff. 0 for a curve at 1 from the start, 1 for a
+    curve that stays at 0.
+
+    The paper's regret sums, over episodes, the gap between the best success rate and mu's success J from the
+    prefix so far; per token, that is the J last measured: during episode j the best answer available is mu's from
+    the prefix before it (J_{j-1}), and an episode is credited with its progress only once it is written. A linear
+    curve would credit it gradually, before the tokens that make it are there.
+    """
+    return 1.0 - curve_area(tokens, values, cutoff, step=True) / cutoff
 
 
 def tokens_to_reach(tokens: Sequence[float], values: Sequence[float], target: float) -> float | None:

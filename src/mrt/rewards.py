@@ -27,7 +27,6 @@ import math
 import re
 import sys
 import threading
-import time
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -47,8 +46,10 @@ _RETRY_SECONDS = 0.05  # after the deadline, the watchdog interrupts again this 
 math_verify.parser.TIMEOUT_WARNING_SHOWN = True
 math_verify.grader.TIMEOUT_WARNING_SHOWN = True
 
-# Reward kwarg that MRT's prover scoring adds: per completion, the text mu wrote after the termination suffix.
-FORCED_ANSWER = "forced_answer"
+# Reward kwargs of a prover sample (mrt.prover.scoring), whose completion is what mu wrote after the termination
+# suffix: the episode prefix the policy wrote, and what was appended to it (joiner + termination suffix).
+PROVER_PREFIX = "prover_prefix"
+PROVER_SUFFIX = "prover_suffix"
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _WRAPPED = re.compile(r"\$|\\boxed|\\fbox|\\\(|\\\[")
@@ -235,8 +236,10 @@ def _parse(text: str) -> list:
     return math_verify.parse(text, parsing_timeout=None)
 
 
-def _parse_answer_raw(text: str) -> list:
+def _parse_answer_raw(text: str, finished: bool = True) -> list:
     box = last_box(text)
+    if not finished and (box is None or not box[2]):
+        return []  # cut at the token limit: only a closed last box is an answer
     if box is None:
         answer = _parse(text[-MAX_TAIL_CHARS:])
         if len(answer) > 1 and _UNEVALUATED.search(str(answer[1])):
@@ -250,10 +253,11 @@ def _parse_answer_raw(text: str) -> list:
     return [] if _too_big(answer) else answer
 
 
-def parse_answer(text: str) -> list:
-    """The last answer in text, parsed by math-verify: the last \\boxed{} if there is one, else the
-    final expression or number of the text's tail. [] when there is none (or it timed out)."""
-    return _bounded(_parse_answer_raw, [], text)
+def parse_answer(text: str, finished: bool = True) -> list:
+    """The answer of a completion, parsed by math-verify: the last \\boxed{} if there is one, else the final
+    expression or number of the text's tail. A completion cut at the token limit (`finished=False`) has an answer
+    only in a closed last box. [] when there is none (or it timed out)."""
+    return _bounded(_parse_answer_raw, [], text, finished)
 
 
 def _forced_answer(text: str) -> list:
@@ -313,18 +317,19 @@ def _verify(gold: list, answer: list) -> float:
     return 1.0 if math_verify.verify(gold, answer, timeout_seconds=None) else 0.0
 
 
-def score(text: str, gold) -> float | None:
-    """1.0 if the last answer in text equals gold, else 0.0; None when the gold is unparsable."""
+def score(text: str, gold, finished: bool = True) -> float | None:
+    """1.0 if the answer of text (`parse_answer`) equals gold, else 0.0; None when the gold is unparsable."""
     parsed_gold = parse_gold(gold)
     if parsed_gold is None:
         return None
-    return _bounded(lambda: _verify(parsed_gold, _parse_answer_raw(text)), 0.0)
+    return _bounded(lambda: _verify(parsed_gold, _parse_answer_raw(text, finished)), 0.0)
 
 
 def score_forced(text: str, gold) -> float | None:
     """Score of mu's forced answer: `text` is only what mu wrote after the termination suffix (see
-    `mrt.prover.scoring.forced_text`). No answer (empty, an empty or unclosed box) is 0.0; None when the gold is
-    unparsable. Cached: mu often writes the same short answer many times."""
+    `mrt.prover.scoring.forced_text`); a bare final answer of mu's counts, as the samples are short. No answer
+    (empty, an empty or unclosed box) is 0.0; None when the gold is unparsable. Cached: mu often writes the same
+    short answer many times."""
     return None if gold is None else _score_forced_cached(text, str(gold).strip())
 
 
@@ -353,12 +358,22 @@ def _completion_text(completion) -> str:
     return content
 
 
-def make_accuracy_reward(answer_column: str = "answer") -> Callable:
-    """A TRL reward function: 1.0 / 0.0 per completion by math-verify against the gold answers in
-    the dataset column `answer_column`; None where the gold is unparsable. On a prover sample (the reward kwarg
-    `forced_answer` is set) only mu's own answer after the termination suffix is graded."""
+def make_accuracy_reward(answer_column: str = "answer", eos_token_ids=None) -> Callable:
+    """A TRL reward function: 1.0 / 0.0 per completion by math-verify against the gold answers in the dataset column
+    `answer_column`; None where the gold is unparsable.
 
-    def accuracy(prompts, completions, **kwargs) -> list[float | None]:
+    What counts as a completion's answer: the content of its last closed \\boxed{}; without one, the final number or
+    expression of a FINISHED completion. A completion cut at the token limit with no closed last box scores 0 (its
+    final number may be a step of unfinished work: "... 4 + 8 = 12, and then add them together: 12 +").
+    `eos_token_ids` tells the two apart as GRPOTrainer does: a completion is finished when its `completion_ids` end
+    in one of them (MRTTrainer gives this reward the policy's EOS and padding ids, `with_eos_ids`; without them,
+    every completion counts as finished). A prover sample (the reward kwargs `prover_prefix` and `prover_suffix`
+    are set, see `mrt.prover.scoring`) is graded on mu's text alone by `score_forced`: no answer, an empty or
+    unclosed box is 0.
+    """
+    finishing = None if eos_token_ids is None else {int(i) for i in eos_token_ids if i is not None}
+
+    def accuracy(prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
         if answer_column not in kwargs:
             raise KeyError(
                 f"accuracy reward: no column {answer_column!r} among the reward kwargs "
@@ -370,14 +385,31 @@ def make_accuracy_reward(answer_column: str = "answer") -> Callable:
                 f"accuracy reward: {len(completions)} completions but {len(golds)} values "
                 f"in {answer_column!r}"
             )
-        forced = kwargs.get(FORCED_ANSWER)
-        if forced is not None:  # a prover sample (mrt.prover.scoring): grade only what mu wrote
-            return [score_forced(text, g) for text, g in zip(forced, golds)]
-        return [score(_completion_text(c), g) for c, g in zip(completions, golds)]
+        suffixes = kwargs.get(PROVER_SUFFIX) or [None] * len(completions)
+        ids = completion_ids if completion_ids is not None and finishing is not None else [None] * len(completions)
+        out = []
+        for completion, gold, suffix, row_ids in zip(completions, golds, suffixes, ids, strict=True):
+            text = _completion_text(completion)
+            if suffix is not None:  # a prover sample: grade only what mu wrote
+                out.append(score_forced(text, gold))
+            else:
+                finished = row_ids is None or (len(row_ids) > 0 and int(row_ids[-1]) in finishing)
+                out.append(score(text, gold, finished))
+        return out
 
     accuracy.__name__ = "accuracy"
     accuracy.__qualname__ = "accuracy"
+    accuracy.answer_column, accuracy.eos_token_ids = answer_column, finishing
     return accuracy
+
+
+def with_eos_ids(reward, eos_token_ids) -> Callable:
+    """`reward` as it is, unless it is this module's accuracy reward built without EOS ids: then the same reward
+    with `eos_token_ids` (MRTTrainer gives its own and the CLI's `mrt_accuracy` the policy's)."""
+    if getattr(reward, "__qualname__", None) == "accuracy" and hasattr(reward, "answer_column") \
+            and reward.eos_token_ids is None:
+        return make_accuracy_reward(reward.answer_column, eos_token_ids)
+    return reward
 
 
 accuracy_reward = make_accuracy_reward("answer")

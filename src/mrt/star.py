@@ -262,7 +262,9 @@ def score_traces(config: STaRConfig, estimator, scorer, problems: Problems, trac
         completion_ids = [traces[i]["traces"][t]["ids"] for i, t in owners]
         completions = [as_completion(traces[i]["traces"][t]["text"], isinstance(p, list))
                        for (i, t), p in zip(owners, prompts)]
-        outcomes = scorer(prompts, completions, completion_ids, rows)
+        generated = [_with_eos(ids, traces[i]["traces"][t]["finished"], estimator.tokenizer.eos_token_id)
+                     for ids, (i, t) in zip(completion_ids, owners)]
+        outcomes = scorer(prompts, completions, generated, rows)
         estimate = estimator.estimate(prompt_ids, completion_ids, prompts, rows, outcomes=outcomes, seed=seed + k)
         scored: dict[int, list[dict]] = {i: [] for i in todo}
         for n, (i, t) in enumerate(owners):
@@ -277,6 +279,13 @@ def score_traces(config: STaRConfig, estimator, scorer, problems: Problems, trac
             bar.update(1)
     bar.close()
     return load_part(folder, "scores", fingerprint)
+
+
+def _with_eos(ids: list[int], finished: bool, eos_id: int | None) -> list[int]:
+    """A trace's ids as GRPOTrainer gives completions to reward functions: ending in EOS when the model ended it (the
+    default reward tells a finished trace from one cut at the token limit by that)."""
+    ids = _strip_eos(ids, eos_id)
+    return ids + [eos_id] if finished and eos_id is not None else ids
 
 
 def _best_answer(samples: list[list[int]], scores: list[float | None]) -> tuple[list[int] | None, float | None]:
@@ -298,7 +307,7 @@ def make_mu(config: STaRConfig, generator):
         return ServerProver(config.prover_server_url, generator.tokenizer, model=config.prover_model,
                             timeout=config.prover_timeout, max_retries=config.prover_max_retries,
                             requests_per_call=config.prover_batch_size,
-                            api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"))
+                            api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"), seed=config.seed)
     return generator.prover  # the model being improved, through its own engine (mrt.generation)
 
 
@@ -450,10 +459,16 @@ def run(config: STaRConfig, reward_funcs=None, reward_weights=None, progress_bar
     from mrt.prover import RewardScorer
     from mrt.rewards import make_accuracy_reward
 
-    scorer = RewardScorer(reward_funcs if reward_funcs is not None else [make_accuracy_reward(config.answer_column)],
-                          reward_weights)
-    problems = load_star_problems(config, check_gold=reward_funcs is None)
     model = resolve_model(config.model_name_or_path)
+    if reward_funcs is None:  # knows a trace cut at max_completion_length by its ids (`_with_eos`)
+        from transformers import AutoTokenizer
+
+        from mrt.prover import eos_ids
+
+        finished_by = eos_ids(AutoTokenizer.from_pretrained(model))
+    scorer = RewardScorer(reward_funcs if reward_funcs is not None else
+                          [make_accuracy_reward(config.answer_column, finished_by)], reward_weights)
+    problems = load_star_problems(config, check_gold=reward_funcs is None)
     summaries = []
     for k in range(1, config.iterations + 1):
         folder = Path(config.output_dir) / f"iter-{k}"

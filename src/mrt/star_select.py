@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mrt.progress import curve_value, regret_at
+from mrt.progress import j_at, regret_at
 
 SELECTIONS = ("progress", "correct")
 
 
 @dataclass(frozen=True)
 class Choice:
-    """A trace picked for training: its index within its problem, and the prefix j (0..H-1) it is cut after
+    """A trace picked for training: its index within its problem, and the prefix j (1..H-1) it is cut after
     (then the termination suffix and mu's answer from that prefix follow), or None to keep it whole."""
 
     trace: int
@@ -37,17 +37,18 @@ def is_scored(trace: dict) -> bool:
 
 
 def trace_regret(trace: dict, cutoff: float) -> float:
-    """Cumulative regret of the trace's J-against-tokens curve up to `cutoff` tokens. The curve is held at J_H after
-    the trace ends, so with a common cutoff a trace that gets there in fewer tokens has less regret."""
+    """Cumulative regret (`mrt.progress.regret_at`) of the trace's J curve up to `cutoff` tokens. The curve is held at
+    J_H after the trace ends, so with a common cutoff a trace that gets there in fewer tokens has less regret."""
     return regret_at(trace["j_tokens"], trace["j_values"], cutoff)
 
 
 def best_prefix(trace: dict) -> int | None:
-    """The first prefix j < H where J reaches the maximum of the whole curve J_0..J_H, if mu gave an answer there
-    that scored above 0 (the answer the cut trace ends with); None: the trace is best kept whole."""
+    """The first prefix 1 <= j < H where J reaches the maximum of the whole curve J_0..J_H, if mu gave an answer there
+    that scored above 0 (the answer the cut trace ends with); None: the trace is best kept whole. Never j = 0: a
+    trace cut there is the suffix and an answer alone, which teaches the model to open with the suffix."""
     values = trace["j_values"]
     top = max(values)
-    j = values.index(top)
+    j = values.index(top, 1) if top in values[1:] else len(values) - 1
     if j == len(values) - 1 or top <= 0:
         return None
     score = trace["answer_scores"][j]
@@ -85,7 +86,7 @@ def _mean(values) -> float | None:
 def mean_curve(traces: Sequence[dict], grid: Sequence[float]) -> list[dict]:
     """Mean J at each grid point (tokens) over the fully scored traces."""
     scored = [t for t in traces if is_scored(t)]
-    return [{"tokens": x, "J": _mean(curve_value(t["j_tokens"], t["j_values"], x) for t in scored)} for x in grid]
+    return [{"tokens": x, "J": _mean(j_at(t["j_tokens"], t["j_values"], x) for t in scored)} for x in grid]
 
 
 def summarize(problems: Sequence[Sequence[dict]], chosen: Sequence[Sequence[Choice]],

@@ -2,13 +2,17 @@
 
 import copy
 import logging
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import GRPOTrainer
+from trl.data_utils import is_conversational
 
 from mrt.branched_trainer import BranchedRollouts
 from mrt.config import MRTConfig
@@ -16,9 +20,19 @@ from mrt.data import require_columns
 from mrt.episodes import resolve_thinking_tag
 from mrt.progress import episode_bonus, progress, regret, termination_advantages, token_advantages
 from mrt.prover import ProgressEstimator, RewardScorer, TransformersProver, make_prover, make_suffix
-from mrt.rewards import make_accuracy_reward
+from mrt.rewards import make_accuracy_reward, with_eos_ids
 
 logger = logging.getLogger(__name__)
+
+MRT_CITATION = """\
+@inproceedings{qu2025mrt,
+    title        = {{Optimizing Test-Time Compute via Meta Reinforcement Fine-Tuning}},
+    author       = {Yuxiao Qu and Matthew Y. R. Yang and Amrith Setlur and Lewis Tunstall and Edward Emanuel Beeching and
+                    Ruslan Salakhutdinov and Aviral Kumar},
+    booktitle    = {International Conference on Machine Learning (ICML)},
+    year         = 2025,
+    eprint       = {arXiv:2503.07572},
+}"""
 
 # Metrics summed over ranks; every other mrt/ metric is a mean over completions (or episodes).
 _TOTALS = ("prover_requests", "prover_requests_asked", "prover_tokens", "prover_prompt_tokens", "prover_prefill_min",
@@ -48,6 +62,11 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "mrt"]
     _name = "MRT"
+    _paper = {
+        "title": "Optimizing Test-Time Compute via Meta Reinforcement Fine-Tuning",
+        "id": "2503.07572",
+        "citation": MRT_CITATION,
+    }
 
     def __init__(self, model, reward_funcs=None, args: MRTConfig | None = None, train_dataset=None,
                  eval_dataset=None, processing_class=None, **kwargs):
@@ -56,15 +75,24 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
             args = MRTConfig(output_dir=f"{name.split('/')[-1]}-MRT")
         if not isinstance(args, MRTConfig):
             raise TypeError(f"MRTTrainer needs an MRTConfig, got {type(args).__name__}; build one with MRTConfig(...).")
-        if reward_funcs is None or args.prover_estimator == "likelihood":
-            why = "the default reward" if reward_funcs is None else "the likelihood estimator"
+        # No reward_funcs: MRT's default reward on the answer column, unless an environment owns the reward (TRL's).
+        default_reward = reward_funcs is None and kwargs.get("environment_factory") is None
+        if default_reward:
+            _require_reward_source(args.answer_column, _datasets(train_dataset, eval_dataset))
+        if default_reward or args.prover_estimator == "likelihood":
+            why = "the default reward" if default_reward else "the likelihood estimator"
             for dataset in _datasets(train_dataset, eval_dataset):
                 require_columns(dataset, ["prompt", args.answer_column], what=f"dataset (answer_column for {why})")
-        if reward_funcs is None:
+        if default_reward:
             reward_funcs = make_accuracy_reward(args.answer_column)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        # MRT's accuracy reward tells a finished completion from one cut at the token limit by the policy's EOS ids.
+        self.reward_funcs[:] = [with_eos_ids(f, [*self.eos_token_ids, self._tokenizer.pad_token_id])
+                                for f in self.reward_funcs]
 
+        # The model card's base model: the name the caller gave (a hub id, an alias or a folder).
+        self.base_model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
         self.end_of_thinking_tag = resolve_thinking_tag(args.end_of_thinking_tag, self._tokenizer)
         self.reward_scorer = RewardScorer.from_trainer(self)
         self.progress_estimator = self._build_estimator()
@@ -73,6 +101,8 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         self.last_progress: ProgressRecord | None = None
         self._prover_seconds = 0.0
         self._generated: list[tuple] = []  # (sequences, prompt width, cache) of this batch's transformers generate
+        self._ids_only = False  # this batch's generate returned token ids only (no scores, no cache)
+        self._warned_ids_only = False
         if args.max_prompt_length is not None and self.train_dataset is not None:
             self.train_dataset = self._drop_long_prompts(self.train_dataset, args.max_prompt_length)
         if args.prover_estimator == "likelihood":
@@ -86,7 +116,7 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         return ProgressEstimator(
             prover, tok, args.episode_rules(self.end_of_thinking_tag),
             make_suffix(tok, args.termination_suffix, self.end_of_thinking_tag), self.reward_scorer,
-            num_samples=args.prover_num_samples, max_tokens=args.prover_max_tokens,
+            num_samples=args.prover_num_samples, max_tokens=args.prover_token_budget,
             temperature=args.prover_temperature or args.temperature, stop=args.prover_stop,
             estimator=args.prover_estimator, answer_format=args.prover_answer_format, answer_column=args.answer_column)
 
@@ -95,13 +125,23 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         self.batch_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self.batch_rewards
 
+    def _prover_runs_now(self) -> bool:
+        """Whether the prover runs on the batch being generated: a training batch, or an evaluation one with
+        `prover_on_eval` (evaluation otherwise scores as GRPO does); never after the policy's generate gave token ids
+        only (the transformers prover samples from generate's scores and caches)."""
+        return (self.args.runs_prover and self.progress_enabled and not self._ids_only
+                and (self.model.training or self.args.prover_on_eval))
+
     def _generate_single_turn(self, prompt_ids, *args, **kwargs):
-        # The transformers prover reads each completion from the keys and values its generation computed.
-        if not (self.progress_enabled and isinstance(self.progress_estimator.prover, TransformersProver)
-                and not self.use_vllm and not getattr(self, "use_transformers_continuous_batching", False)
+        # The transformers prover reads each completion from the keys and values its generation computed
+        # (prover_reuse_generation_cache), and needs a generate that returns scores and caches.
+        if not (self._prover_runs_now() and isinstance(self.progress_estimator.prover, TransformersProver)
+                and not self.use_vllm
+                and not getattr(self, "use_transformers_continuous_batching", False)
                 and not getattr(self, "use_transformers_paged", False)):
             return super()._generate_single_turn(prompt_ids, *args, **kwargs)
         model = self.accelerator.unwrap_model(self.model_wrapped)
+        own = vars(model).get("generate")  # a generate set on the instance itself is put back afterwards
         plain = model.generate
 
         def generate(*positional, **options):
@@ -111,26 +151,46 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
             else:
                 options["return_dict_in_generate"] = True
             out = plain(*positional, **options)
-            width = options["input_ids"].size(1) if "input_ids" in options else positional[0].size(1)
-            self._generated.append((out.sequences, width, getattr(out, "past_key_values", None)))
+            if isinstance(out, torch.Tensor):  # ids only (a custom generate, a mock): no cache, and no prover
+                self._gave_ids_only()
+                return out
+            if self.args.prover_reuse_generation_cache:
+                width = options["input_ids"].size(1) if "input_ids" in options else positional[0].size(1)
+                self._generated.append((out.sequences, width, getattr(out, "past_key_values", None)))
             return out.sequences
 
         model.generate = generate
         try:
             return super()._generate_single_turn(prompt_ids, *args, **kwargs)
         finally:
-            del model.generate
+            if own is None:
+                del model.generate
+            else:
+                model.generate = own
+
+    def _gave_ids_only(self) -> None:
+        self._ids_only = True
+        if not self._warned_ids_only:
+            self._warned_ids_only = True
+            logger.warning("The policy's generate returned a tensor of token ids, not a GenerateOutput, when asked for "
+                           "return_dict_in_generate: the transformers prover needs its scores and caches, so batches "
+                           "generated this way train as GRPO (no progress bonus). Use use_vllm=True or prover='server' "
+                           "for MRT with this model.")
 
     def _generate_and_score_completions(self, inputs):
-        self._generated = []
+        self._generated, self._ids_only = [], False
+        self.last_progress = None
         try:
-            return self._score_with_progress(inputs)
+            output = self._score_with_progress(inputs)
         finally:
             self._generated = []  # the generation caches are freed with the batch
+        if self.log_completions:
+            self._log_progress_columns(output)
+        return output
 
     def _score_with_progress(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if not (self.args.runs_prover and self.progress_enabled):
+        if not self._prover_runs_now():
             return output
         start = time.perf_counter()
         mode = "train" if self.model.training else "eval"
@@ -148,12 +208,8 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         grpo = output["advantages"]
         sequence = grpo
         if args.progress_mode == "termination_baseline":
-            # r - J_0 with r the completion's whole reward (as GRPO combines it); GRPO's where J_0 is unknown.
-            full = (rewards * self.reward_weights.cpu()).nansum(dim=1)
-            base = torch.tensor([js[0] if ok else 0.0 for js, ok in zip(j_rows, scorable)])
-            keep = torch.tensor(scorable) & ~torch.isnan(rewards).all(dim=1)
-            sequence = torch.where(keep.to(device), termination_advantages(full.tolist(), base.tolist()).to(device),
-                                   grpo)
+            j0 = [js[0] if js else None for js in j_rows]
+            sequence = self.termination_sequence(outcomes, j0, mode).to(device)
         bonus = episode_bonus(ends, progress_rows, output["completion_ids"].size(1))
         self.last_progress = ProgressRecord(ends, j_rows, scorable, grpo, sequence, None)
         output["advantages"] = self.last_progress.advantages = token_advantages(sequence, bonus.to(device),
@@ -176,6 +232,22 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         }, totals={**estimate.stats(), "unscorable": len(active) - sum(scorable[i] for i in active)})
         return output
 
+    def termination_sequence(self, outcomes: list[float | None], j0: list[float | None],
+                             mode: str) -> torch.Tensor:
+        """(B,) r - J_0, r and J_0 from the same reward functions (`progress_reward_funcs`). Where J_0 is
+        unknown the baseline is the mean r of the completion's group (GRPO's baseline, in the same reward
+        units, not divided by a std); 0 where r is unknown."""
+        nan = float("nan")
+        success = torch.tensor([nan if v is None else v
+                                for v in self.reward_scorer.combine(self.batch_rewards)])
+        G = self.num_generations if mode == "train" else self.num_generations_eval
+        start = self.accelerator.process_index * len(outcomes)
+        group_mean = success.view(-1, G).nanmean(dim=1).repeat_interleave(G)[start:start + len(outcomes)]
+        known = torch.tensor([nan if v is None else v for v in j0])
+        baseline = torch.where(torch.isnan(known), group_mean, known)
+        r = [nan if v is None else v for v in outcomes]
+        return torch.nan_to_num(termination_advantages(r, baseline.tolist()), nan=0.0)
+
     def local_rewards(self, batch_size: int) -> torch.Tensor:
         """(B, F) rewards of this rank's completions of the last batch (NaN where a function returned None)."""
         index = self.accelerator.process_index
@@ -193,7 +265,7 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         state = {"trainer_state": self.state}
         estimator = estimator or self.progress_estimator
         with ExitStack() as stack:
-            if isinstance(estimator.prover, TransformersProver):
+            if isinstance(estimator.prover, TransformersProver) and self.args.prover_reuse_generation_cache:
                 for sequences, width, cache in self._generated:
                     stack.enter_context(estimator.prover.reusing(sequences, width, cache))
             estimate = estimator.estimate(pick(prompts), pick(completions), pick([x["prompt"] for x in inputs]),
@@ -212,23 +284,114 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
             elif count > 0:
                 self._metrics[mode][f"mrt/{name}"].append(value / count)
 
+    def prompt_lengths(self, prompts: list) -> list[int]:
+        """Tokens of each prompt as GRPOTrainer tokenizes prompts: a conversation through the processing
+        class's chat template with the assistant turn opened, TRL's `chat_template`, `tools` and
+        `args.chat_template_kwargs`; a plain prompt through the processing class, special tokens included."""
+        if not prompts:
+            return []
+        if is_conversational({"prompt": prompts[0]}):
+            ids = self.processing_class.apply_chat_template(
+                conversation=prompts, tools=self.tools or None, chat_template=self.chat_template,
+                add_generation_prompt=True, tokenize=True, return_dict=True,
+                **self.chat_template_kwargs)["input_ids"]
+        else:
+            ids = self.processing_class(text=prompts)["input_ids"]
+        return [len(row) for row in ids]
+
     def _drop_long_prompts(self, dataset, limit: int):
-        tok = self._tokenizer
-
-        def length(example):
-            prompt = example["prompt"]
-            if isinstance(prompt, list):
-                prompt = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            return len(tok(prompt, add_special_tokens=False)["input_ids"])
-
-        before = len(dataset)
-        dataset = dataset.filter(lambda example: length(example) <= limit)
+        before, chunk = len(dataset), 256
+        lengths = [n for start in range(0, before, chunk)
+                   for n in self.prompt_lengths(dataset[start:start + chunk]["prompt"])]
+        dataset = dataset.select([i for i, n in enumerate(lengths) if n <= limit])
         if len(dataset) < before:
             logger.warning("Dropped %d of %d training prompts longer than max_prompt_length=%d tokens.",
                            before - len(dataset), before, limit)
         if len(dataset) == 0:
             raise ValueError(f"Every training prompt is longer than max_prompt_length={limit} tokens.")
         return dataset
+
+    # ------------------------------------------------------------ what a run says and keeps
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # The prover's own generator is part of the run's random state: a resumed run draws the same J.
+        super()._save_rng_state(output_dir)
+        rng = getattr(self.progress_estimator.prover, "rng", None)
+        if rng is not None:
+            torch.save(rng.get_state(), os.path.join(output_dir, f"prover_rng_state_{self.args.process_index}.pth"))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        rng = getattr(self.progress_estimator.prover, "rng", None)
+        path = os.path.join(checkpoint or "", f"prover_rng_state_{self.args.process_index}.pth")
+        if checkpoint is not None and rng is not None and os.path.isfile(path):
+            rng.set_state(torch.load(path, weights_only=True))
+
+    def settings_summary(self) -> str:
+        """A few lines naming the effective MRT settings (printed at the start of `mrt-train`)."""
+        args = self.args
+        funcs = self.reward_scorer.names
+        j_funcs = [funcs[i] for i in self.reward_scorer.selected]
+        lines = [f"MRT: progress_mode={args.progress_mode}, alpha={args.alpha}, rewards={funcs}"]
+        if args.runs_prover:
+            backend = "server " + args.prover_server_url if args.prover == "server" else (
+                "policy via vLLM (" + args.vllm_mode + ")" if args.use_vllm else "policy via transformers")
+            lines.append(f"  prover mu: {backend}; estimator={args.prover_estimator}, "
+                         f"{args.prover_num_samples} samples x {args.prover_max_tokens} tokens, "
+                         f"suffix={args.termination_suffix!r}; J from {j_funcs}")
+        elif args.progress_mode == "branched":
+            lines.append(f"  branched rollouts: prefixes from {args.prefix_source}; J-hat from the terminating half")
+        else:
+            lines.append("  prover off (alpha = 0 with progress_mode='dense' is GRPO)")
+        lines.append(f"  episodes: markers {list(args.episode_markers)[:3]}..., at most {args.max_episodes}, "
+                     f"fallback={args.episode_fallback}, end-of-thinking tag={self.end_of_thinking_tag!r}")
+        return "\n".join(lines)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Saves the model; a save into `args.output_dir` (the final model) also writes the model card there."""
+        super().save_model(output_dir, _internal_call)
+        final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
+        if final and not _internal_call:
+            self.create_model_card(model_name=self.args.hub_model_id or Path(self.args.output_dir).name)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None):
+        """TRL's card, citing MRT (Qu et al., arXiv 2503.07572) and naming the base model also when it was a local
+        folder (TRL then links a base model 'None')."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if self.is_world_process_zero() and os.path.exists(path):
+            text = Path(path).read_text()
+            name = str(self.base_model_name or "an unnamed model")
+            if os.path.isdir(name):
+                name = f"{Path(name).name} (local folder)"
+            Path(path).write_text(text.replace("[None](https://huggingface.co/None)", f"`{name}`"))
+
+    def _log_progress_columns(self, output: dict) -> None:
+        """TRL's completions table: the advantage the loss uses (mean over the completion's tokens), and per
+        completion its episode ends, J_0..J_H, progress terms and per-episode advantages (None without a prover)."""
+        advantages = output["advantages"].float()
+        if advantages.dim() == 2:
+            mask = output["completion_mask"].float()
+            used = ((advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).tolist()
+        else:
+            used = advantages.tolist()
+        record, rows = self.last_progress, []
+        for i in range(len(used)):
+            if record is None or not record.j_values[i]:
+                rows.append((used[i], None, None, None, None))
+                continue
+            js = record.j_values[i]
+            terms = progress(js) if record.scorable[i] else None
+            sequence = float(record.sequence_advantages[i])
+            per_episode = [round(sequence + self.args.alpha * t, 4) for t in terms] if terms else None
+            rows.append((used[i], record.ends[i], [None if v is None else round(v, 4) for v in js],
+                         [round(t, 4) for t in terms] if terms else None, per_episode))
+        rows = gather_object(rows)
+        logged = self._logs["advantages"]
+        for k, row in enumerate(rows):  # TRL logged GRPO's advantages of these rows last: replace them
+            logged[len(logged) - len(rows) + k] = row[0]
+        for c, name in enumerate(("episode_ends", "J", "progress", "advantage_per_episode"), start=1):
+            self._logs["extra"][name].extend(row[c] for row in rows)
 
 
 class _ProverShare(TrainerCallback):
@@ -257,6 +420,18 @@ def _datasets(train_dataset, eval_dataset) -> list:
         found.append(eval_dataset)
     # Streaming datasets may not know their columns up front; they are checked when read.
     return [d for d in found if getattr(d, "column_names", None) is not None]
+
+
+def _require_reward_source(column: str, datasets: list) -> None:
+    """TRL's error when nothing gives a reward: no reward_funcs, and no answer column for MRT's default reward."""
+    for dataset in datasets:
+        present = dataset.column_names
+        splits = list(present.values()) if isinstance(present, dict) else [present]
+        if any(column not in names for names in splits):
+            raise ValueError(
+                "No reward source provided. Pass `reward_funcs`, or an `environment_factory` whose environment defines "
+                "a `get_reward` method, or a dataset with the gold answers in answer_column="
+                f"{column!r} for MRT's default math-verify reward (the dataset's columns are {present}).")
 
 
 def _warn_long_answers(dataset, column: str) -> None:

@@ -6,15 +6,16 @@ from mrt.prover.base import Prover, chunks, cut_at_eos, eos_ids
 from mrt.prover.estimate import ESTIMATORS, ProgressEstimate, ProgressEstimator, answer_in_context
 from mrt.prover.requests import (ProverRequests, Suffix, build_requests, make_suffix, prover_prompt,
                                  termination_suffix)
-from mrt.prover.scoring import RewardScorer, as_completion, forced_text, sample_success
+from mrt.prover.scoring import (RewardScorer, as_completion, forced_text, prover_columns, prover_completion,
+                                sample_success)
 from mrt.prover.transformers_policy import StopOnText, TransformersProver, prefix_tree
 from mrt.prover.vllm_policy import VLLMPolicyProver
 
 __all__ = [
     "ESTIMATORS", "ProgressEstimate", "ProgressEstimator", "Prover", "ProverRequests", "RewardScorer", "StopOnText",
     "Suffix", "TransformersProver", "VLLMPolicyProver", "answer_in_context", "as_completion", "build_requests",
-    "chunks", "cut_at_eos", "eos_ids", "forced_text", "make_prover", "make_suffix", "prover_prompt",
-    "sample_success", "prefix_tree", "termination_suffix",
+    "chunks", "cut_at_eos", "eos_ids", "forced_text", "make_prover", "make_suffix", "prover_columns",
+    "prover_completion", "prover_prompt", "sample_success", "prefix_tree", "termination_suffix",
 ]
 
 

@@ -1,6 +1,12 @@
-"""What every prover backend is: mu answers prover prompts (token ids of the policy's tokenizer)."""
+"""What every prover backend is: mu answers prover prompts (token ids of the policy's tokenizer).
+
+One RNG: every backend samples from its own `torch.Generator`, seeded once (from the training seed), and never
+reseeds or draws from the process's global RNG, so that turning the prover on leaves the policy's own sampling,
+dropout and data order as they were. A call's `seed`, when given, makes that call reproducible on its own.
+"""
 
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -11,7 +17,8 @@ class Prover(Protocol):
 
     def generate(self, prompts: list[list[int]], num_samples: int, max_tokens: int, temperature: float,
                  stop: list[str] | None, seed: int | None = None) -> list[list[list[int]]]:
-        """`num_samples` continuations per prompt, as token ids cut at the first EOS (a stop string is kept)."""
+        """`num_samples` continuations per prompt, as token ids cut at the first EOS (a stop string is kept). Draws
+        come from the prover's own generator, or from `seed` alone when it is given."""
 
     def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
         """log P(answers[i] | prompts[i]) under mu: the sum of the answer tokens' log-probabilities."""
@@ -30,6 +37,36 @@ def cut_at_eos(ids: Sequence[int], eos: set[int]) -> list[int]:
     ids = list(ids)
     cut = next((k for k, tok in enumerate(ids) if tok in eos), len(ids))
     return ids[:cut]
+
+
+SEED_LIMIT = 2**31 - 1  # seeds handed to engines (vLLM takes a 32-bit seed)
+
+
+def own_generator(seed: int) -> torch.Generator:
+    """The prover's own RNG (a CPU generator), seeded once."""
+    return torch.Generator().manual_seed(int(seed))
+
+
+def draw_seeds(generator: torch.Generator, count: int, seed: int | None = None) -> list[int]:
+    """`count` seeds for one call: from `seed` alone when given, else the next draws of the prover's `generator`."""
+    source = own_generator(seed) if seed is not None else generator
+    return torch.randint(0, SEED_LIMIT, (count,), generator=source).tolist()
+
+
+@contextmanager
+def isolated_rng(seed: int, device):
+    """Within the block the global RNG (CPU, and `device` when it is a CUDA device) starts from `seed`; after it,
+    the states are what they were (`torch.random.fork_rng`). For libraries that sample with the global RNG
+    (transformers' `generate`)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.default_generator.manual_seed(int(seed))
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(int(seed))
+        yield
 
 
 def check_answers(answers: Sequence[Sequence[int]]) -> None:

@@ -68,6 +68,7 @@ class ProverRequests:
 
     prompts: list[list[int]] = field(default_factory=list)  # prompt + prefix + joiner + suffix ids
     texts: list[str] = field(default_factory=list)  # prefix + joiner + suffix text, per request
+    prefix_texts: list[str] = field(default_factory=list)  # the prefix's text (the start of `texts`), per request
     prefix_ids: list[list[int]] = field(default_factory=list)  # the completion prefix, per request
     owner: list[int] = field(default_factory=list)  # the first completion that asked each request
     index: list[list[int]] = field(default_factory=list)  # index[i][j]: request of completion i's prefix j
@@ -93,6 +94,7 @@ def build_requests(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence
                 ids, text = prover_prompt(prompt, prefix, suffix, tokenizer)
                 batch.prompts.append(ids)
                 batch.texts.append(text)
+                batch.prefix_texts.append(prefix_text(tokenizer, prefix))
                 batch.prefix_ids.append(prefix)
                 batch.owner.append(i)
             row.append(seen[lookup])

@@ -1,10 +1,12 @@
 """Success is what the trainer's reward functions say: J from mu's samples, scored like the policy's completions.
 
 `RewardScorer` calls reward functions with TRL's signature `(prompts, completions, completion_ids, **columns)` and
-combines them as GRPOTrainer does (weighted sum over the functions that returned a value; None when none did). A
-prover sample is the completion prefix + joiner + termination suffix + mu's continuation, in the policy's completion
-format; the reward kwarg `forced_answer` carries only what mu wrote, so that an answer reward grades mu's answer and
-never one from the prefix (the default math-verify reward does; see `mrt.rewards`).
+combines them as GRPOTrainer does (weighted sum over the functions that returned a value; None when none did). Every
+reward function sees a prover sample as what mu wrote: `completions` holds mu's text (behind the suffix's open
+\\boxed{ when the suffix ends inside one: `forced_text`) in the policy's completion format, `completion_ids` mu's
+tokens, and the episode prefix and the appended joiner + termination suffix travel in the reward kwargs
+`prover_prefix` and `prover_suffix` (`prover_columns`). So any reward (TRL's `accuracy_reward`, a user's) grades mu's
+answer and never one from the prefix; the default reward knows a prover sample by those kwargs (`mrt.rewards`).
 """
 
 import asyncio
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from mrt.prover.base import max_over_ranks
-from mrt.rewards import FORCED_ANSWER, last_box
+from mrt.rewards import PROVER_PREFIX, PROVER_SUFFIX, last_box
 
 CHUNK = 64  # sequences per reward-model forward pass
 
@@ -30,6 +32,17 @@ def forced_text(suffix_text: str, continuation: str) -> str:
 def as_completion(text: str, conversational: bool):
     """A completion in the format GRPOTrainer gives reward functions."""
     return [{"role": "assistant", "content": text}] if conversational else text
+
+
+def prover_completion(suffix_text: str, continuation: str, conversational: bool):
+    """A prover sample as reward functions see it: what mu wrote (`forced_text`) in the policy's completion format."""
+    return as_completion(forced_text(suffix_text, continuation), conversational)
+
+
+def prover_columns(prefix: str, appended: str) -> dict[str, str]:
+    """The reward kwargs (row columns) of a prover sample: the episode prefix the policy wrote, and what was appended
+    to it (joiner + termination suffix)."""
+    return {PROVER_PREFIX: prefix, PROVER_SUFFIX: appended}
 
 
 def _noop(*args, **kwargs):
@@ -146,20 +159,23 @@ def sample_success(requests, samples: list[list[list[int]]], decode, suffix_text
                    reward_kwargs: dict | None = None) -> tuple[list[float | None], list[list[float | None]]]:
     """J per request (the mean reward of mu's samples) and every sample's reward.
 
-    Each request is scored with the row of the completion that asked it (an empty answer too: the default reward
-    gives it 0); a sample every reward function returned None for is left out of the mean (J is None when all are).
+    Each sample is scored as what mu wrote (`prover_completion`, mu's tokens as its ids) with the row of the
+    completion that asked it, plus the prefix and suffix columns (`prover_columns`); an empty answer too (the default
+    reward gives it 0). A sample every reward function returned None for is left out of the mean (J is None when all
+    are). `prompt_ids` is kept for the callers' signature: the prompt is never part of what is scored.
     """
-    owners, texts, ids, forced = [], [], [], []
+    owners, completions, ids, sample_rows = [], [], [], []
     for r, group in enumerate(samples):
         owner = requests.owner[r]
+        prefix = requests.prefix_texts[r]
+        columns = prover_columns(prefix, requests.texts[r][len(prefix):])
         for sample in group:
-            continuation = decode(sample)
             owners.append(owner)
-            texts.append(requests.texts[r] + continuation)
-            ids.append([*requests.prompts[r][len(prompt_ids[owner]):], *sample])
-            forced.append(forced_text(suffix_text, continuation))
-    values = scorer([prompts[o] for o in owners], [as_completion(t, conversational) for t in texts], ids,
-                    [rows[o] for o in owners], **{FORCED_ANSWER: forced, **(reward_kwargs or {})}) if owners else []
+            completions.append(prover_completion(suffix_text, decode(sample), conversational))
+            ids.append(list(sample))
+            sample_rows.append({**rows[owner], **columns})
+    values = scorer([prompts[o] for o in owners], completions, ids, sample_rows, **(reward_kwargs or {})) \
+        if owners else []
     per_sample, k = [], 0
     for group in samples:
         per_sample.append(list(values[k:k + len(group)]))

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import openai
 from openai import OpenAI
 
-from mrt.prover.base import check_answers, chunks, cut_at_eos, eos_ids
+from mrt.prover.base import check_answers, chunks, cut_at_eos, draw_seeds, eos_ids, own_generator
 
 # Probe text whose token ids must be the same on both sides: words, digits, spaces, blank lines, unicode.
 PROBE = "Time is up.\n\nGiven 12 + 345 = 357, wait: \u00e9\u00e8 \u222b x dx, \\boxed{7}.  Hmm\n"
@@ -39,15 +39,17 @@ class ServerProver:
     `generate` sends chunks of `requests_per_call` prompts, a few chunks at a time; `likelihood` reads the answer
     tokens' log-probabilities from vLLM's `prompt_logprobs`. Each call has a timeout; the client retries
     connection errors, timeouts and 5xx answers `max_retries` times with exponential backoff, then the prover
-    raises a ProverServerError that names the URL and the command to start the server.
+    raises a ProverServerError that names the URL and the command to start the server. Each call carries a seed
+    drawn from the prover's own generator (seeded once with `seed`; the prompts of one call share it).
     """
 
     def __init__(self, url: str, tokenizer, model: str | None = None, timeout: float = 600.0, max_retries: int = 3,
-                 requests_per_call: int = 64, parallel_calls: int = 4, api_key: str = "EMPTY"):
+                 requests_per_call: int = 64, parallel_calls: int = 4, api_key: str = "EMPTY", seed: int = 0):
         self.url, self.tokenizer = url.rstrip("/"), tokenizer
         self.requests_per_call, self.parallel_calls = max(1, requests_per_call), max(1, parallel_calls)
         self.client = OpenAI(base_url=self.url, api_key=api_key, timeout=timeout, max_retries=max_retries)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}  # as the server counted them
+        self.rng = own_generator(seed)
         self._lock = threading.Lock()
         self.model = model
         self.model = self._served_model(model, timeout=min(timeout, 10.0))
@@ -59,7 +61,7 @@ class ServerProver:
         # A server started with `--api-key KEY` wants it: MRT_PROVER_API_KEY (no key: any text will do).
         return cls(args.prover_server_url, trainer._tokenizer, model=args.prover_model, timeout=args.prover_timeout,
                    max_retries=args.prover_max_retries, requests_per_call=args.prover_batch_size,
-                   api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"))
+                   api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"), seed=args.seed)
 
     # ------------------------------------------------------------------ Prover protocol
 
@@ -67,13 +69,14 @@ class ServerProver:
                  stop: list[str] | None, seed: int | None = None) -> list[list[list[int]]]:
         per_call = max(1, self.requests_per_call // num_samples)
         body = {"include_stop_str_in_output": True, "return_token_ids": True, "add_special_tokens": False}
-        if seed is not None:
-            body["seed"] = seed
         eos = eos_ids(self.tokenizer)
+        # A seed per prompt, drawn up front (the calls run in parallel threads); a call takes its first prompt's.
+        items = list(zip(prompts, draw_seeds(self.rng, len(prompts), seed), strict=True))
 
-        def call(chunk: list[list[int]]) -> list[list[list[int]]]:
+        def call(part: list[tuple[list[int], int]]) -> list[list[list[int]]]:
+            chunk = [p for p, _ in part]
             response = self._call(prompt=chunk, n=num_samples, max_tokens=max_tokens, temperature=temperature,
-                                  stop=list(stop) if stop else None, extra_body=body)
+                                  stop=list(stop) if stop else None, extra_body={**body, "seed": part[0][1]})
             choices = sorted(response.choices, key=lambda c: c.index)
             if len(choices) != len(chunk) * num_samples:
                 raise ProverServerError(f"The prover server at {self.url} answered {len(choices)} choices for "
@@ -81,7 +84,7 @@ class ServerProver:
             rows = [cut_at_eos(_extra(c, "token_ids"), eos) for c in choices]
             return [rows[k * num_samples:(k + 1) * num_samples] for k in range(len(chunk))]
 
-        return self._in_chunks(prompts, per_call, call)
+        return self._in_chunks(items, per_call, call)
 
     def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
         check_answers(answers)

@@ -9,7 +9,8 @@ from transformers import DynamicCache, GenerationConfig, StoppingCriteria, Stopp
 from transformers.cache_utils import DynamicLayer
 from trl.models.utils import unwrap_model_for_generation
 
-from mrt.prover.base import check_answers, cut_at_eos, eos_ids, max_over_ranks
+from mrt.prover.base import (check_answers, cut_at_eos, draw_seeds, eos_ids, isolated_rng, max_over_ranks,
+                             own_generator)
 
 
 class TransformersProver:
@@ -23,11 +24,14 @@ class TransformersProver:
     per chunk. With an `accelerator`, every rank makes the same number of model calls (a rank with fewer chunks
     runs a tiny dummy chunk) so that ZeRO-3's collective parameter gathers stay in step. Inside `reusing(...)`,
     prompts that begin with already generated rows take those rows' keys and values instead of reading them.
+    Sampling draws from the prover's own generator (seeded once with `seed`): each `generate` call runs inside
+    `isolated_rng`, seeded from it, so the process's global RNG is left as it was.
     """
 
     def __init__(self, model_context, tokenizer, eos: set[int], generation_config: GenerationConfig,
-                 batch_size: int = 64, accelerator=None, device=None):
+                 batch_size: int = 64, accelerator=None, device=None, seed: int = 0):
         self.model_context, self.tokenizer, self.eos = model_context, tokenizer, set(eos)
+        self.rng = own_generator(seed)
         self.generation_config, self.batch_size, self.accelerator = generation_config, batch_size, accelerator
         self.device = device if device is not None else accelerator.device
         self.prefill_tokens = 0  # tokens read by prefill passes (a counter for benchmarks)
@@ -72,10 +76,11 @@ class TransformersProver:
                 yield model
 
         return cls(model_context, trainer._tokenizer, {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id},
-                   trainer.generation_config, args.prover_batch_size, trainer.accelerator)
+                   trainer.generation_config, args.prover_batch_size, trainer.accelerator,
+                   seed=args.seed + trainer.accelerator.process_index)  # each rank its own draws
 
     @classmethod
-    def for_model(cls, model, tokenizer, batch_size: int = 64) -> "TransformersProver":
+    def for_model(cls, model, tokenizer, batch_size: int = 64, seed: int = 0) -> "TransformersProver":
         """mu = a model of its own (evaluation, MRT-STaR): plain sampling, temperature set per call."""
         declared = model.generation_config.eos_token_id
         ends = [declared] if isinstance(declared, int) else list(declared or [])
@@ -89,7 +94,7 @@ class TransformersProver:
             with torch.no_grad():
                 yield model
 
-        return cls(model_context, tokenizer, eos, config, batch_size, device=model.device)
+        return cls(model_context, tokenizer, eos, config, batch_size, device=model.device, seed=seed)
 
     def generate(self, prompts: list[list[int]], num_samples: int, max_tokens: int, temperature: float,
                  stop: list[str] | None, seed: int | None = None) -> list[list[list[int]]]:
@@ -104,8 +109,7 @@ class TransformersProver:
         dummy = copy.deepcopy(config)
         dummy.max_new_tokens = 1
         per_call = max(1, self.batch_size // num_samples)
-        if seed is not None:
-            torch.manual_seed(seed)
+        call_seed = seed if seed is not None else draw_seeds(self.rng, 1)[0]  # a given seed: the draws as before
 
         def call(model, chunk: list[int] | None) -> list:
             if chunk is None:
@@ -114,7 +118,8 @@ class TransformersProver:
             out = self.branch(model, [prompts[i] for i in chunk], config, num_samples, stop)
             return [out[k * num_samples:(k + 1) * num_samples] for k in range(len(chunk))]
 
-        return self._in_chunks(prompts, per_call, call)
+        with isolated_rng(call_seed, self.device):
+            return self._in_chunks(prompts, per_call, call)
 
     def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
         check_answers(answers)

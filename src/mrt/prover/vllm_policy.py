@@ -11,7 +11,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
-from mrt.prover.base import check_answers, cut_at_eos
+from mrt.prover.base import check_answers, cut_at_eos, draw_seeds, own_generator
 
 
 class VLLMPolicyProver:
@@ -22,10 +22,12 @@ class VLLMPolicyProver:
     requests as TRL does and keep their share). `mode="server"`, with `client` (on the main process): the main process sends every rank's requests in one
     call and broadcasts the results back. `sampling` holds the policy's own sampling settings (mu = pi); `engine_awake`
     is a context manager around every engine call (TRL's sleep-mode bookkeeping when the engine is the trainer's).
+    Every request carries a seed drawn from the prover's own generator (seeded once with `seed`); in server mode,
+    whose client takes one seed per call, the call takes its first request's.
     """
 
     def __init__(self, eos: set[int], mode: str = "colocate", llm=None, client=None, sampling: dict | None = None,
-                 accelerator=None, tp_group=None, tp_size: int = 1, engine_awake=nullcontext):
+                 accelerator=None, tp_group=None, tp_size: int = 1, engine_awake=nullcontext, seed: int = 0):
         if mode not in ("colocate", "server"):
             raise ValueError(f"mode must be 'colocate' (a vllm.LLM) or 'server' (TRL's VLLMClient), got {mode!r}")
         if mode == "colocate" and llm is None:
@@ -33,6 +35,7 @@ class VLLMPolicyProver:
         # In server mode only the main process holds the client; the other ranks send it their requests.
         self.eos, self.mode, self.llm, self.client, self.sampling = set(eos), mode, llm, client, dict(sampling or {})
         self.accelerator, self.tp_group, self.tp_size, self.engine_awake = accelerator, tp_group, tp_size, engine_awake
+        self.rng = own_generator(seed)
 
     @classmethod
     def from_trainer(cls, trainer) -> "VLLMPolicyProver":
@@ -43,7 +46,8 @@ class VLLMPolicyProver:
                     "min_p": trainer.min_p or 0.0, **(args.generation_kwargs or {})}
         eos = {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id}
         if args.vllm_mode == "server":
-            return cls(eos, "server", client=engine.vllm_client, sampling=sampling, accelerator=trainer.accelerator)
+            return cls(eos, "server", client=engine.vllm_client, sampling=sampling, accelerator=trainer.accelerator,
+                       seed=args.seed)
 
         @contextmanager
         def engine_awake():
@@ -62,26 +66,29 @@ class VLLMPolicyProver:
 
         return cls(eos, "colocate", llm=engine.llm, sampling=sampling, accelerator=trainer.accelerator,
                    tp_group=getattr(engine, "tp_group", None), tp_size=engine.tensor_parallel_size,
-                   engine_awake=engine_awake)
+                   engine_awake=engine_awake, seed=args.seed)
 
     def generate(self, prompts: list[list[int]], num_samples: int, max_tokens: int, temperature: float,
                  stop: list[str] | None, seed: int | None = None) -> list[list[list[int]]]:
         params = {**self.sampling, "n": num_samples, "max_tokens": max_tokens, "temperature": temperature}
         if stop:
             params |= {"stop": list(stop), "include_stop_str_in_output": True}
+        # Each request carries its seed (drawn before any pooling, so every rank of a pool sends the same call).
+        items = list(zip(prompts, draw_seeds(self.rng, len(prompts), seed), strict=True))
         if self.mode == "server":
             def run(requests):
-                extra = {k: v for k, v in params.items() if k not in _CLIENT_ARGS}
-                ids = self.client.generate(prompts=requests, logprobs=None, generation_kwargs=extra,
+                extra = {k: v for k, v in params.items() if k not in _CLIENT_ARGS} | {"seed": requests[0][1]}
+                ids = self.client.generate(prompts=[p for p, _ in requests], logprobs=None, generation_kwargs=extra,
                                            **{k: v for k, v in params.items() if k in _CLIENT_ARGS})["completion_ids"]
                 return [ids[k * num_samples:(k + 1) * num_samples] for k in range(len(requests))]
         else:
             def run(requests):
                 from vllm import SamplingParams
 
-                outputs = self._llm_generate(requests, SamplingParams(**params, seed=seed))
+                outputs = self._llm_generate([p for p, _ in requests], [SamplingParams(**params, seed=s)
+                                                                         for _, s in requests])
                 return [[list(o.token_ids) for o in out.outputs] for out in outputs]
-        groups = self._share(prompts, run)
+        groups = self._share(items, run)
         return [[cut_at_eos(s, self.eos) for s in group] for group in groups]
 
     def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
