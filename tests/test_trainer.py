@@ -235,9 +235,9 @@ def test_j_is_the_same_with_and_without_the_generation_cache(tiny_model_path, tm
     assert read_with < read_without  # the switch switched: with the cache the prover read only the suffixes
 
 
-def test_eval_batches_get_the_bonus_too(tiny_model_path, tmp_path):
+def test_eval_batches_get_the_bonus_with_prover_on_eval(tiny_model_path, tmp_path):
     trainer = mrt_trainer(tiny_model_path, tmp_path, eval_dataset=arithmetic_dataset(4, seed=1),
-                          per_device_eval_batch_size=4, eval_strategy="no")
+                          per_device_eval_batch_size=4, eval_strategy="no", prover_on_eval=True)
     metrics = trainer.evaluate()
     assert "eval_mrt/J_0" in metrics and "eval_mrt/episodes" in metrics
     assert metrics["eval_mrt/episodes"] >= 1
@@ -261,7 +261,7 @@ def test_likelihood_estimator_gives_fractional_j_without_sampling(tiny_model_pat
 
 
 def test_eval_batches_do_not_count_toward_the_training_step_s_prover_share(tiny_model_path, tmp_path):
-    trainer = mrt_trainer(tiny_model_path, tmp_path)
+    trainer = mrt_trainer(tiny_model_path, tmp_path, prover_on_eval=True)
     trainer.model.eval()
     rows = [trainer.train_dataset[0]] * trainer.num_generations
     trainer._generate_and_score_completions(rows)

@@ -14,10 +14,12 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, get_type_hints
 
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser
 
@@ -245,10 +247,13 @@ def build_trainer(script_args: MRTScriptArguments, training_args: MRTConfig, mod
                       eval_dataset=eval_dataset, peft_config=peft_config, quantization_config=quantization)
 
 
-def train(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig) -> MRTTrainer:
+def train(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig,
+          callbacks: list | None = None) -> MRTTrainer:
     """Build the trainer, train (resuming if asked), then keep what the run made in output_dir: the final model with
     its model card, the trainer state and the train metrics; push to the hub when `push_to_hub` is set."""
     trainer = build_trainer(script_args, training_args, model_args)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
     if trainer.accelerator.is_main_process:
         logger.info("%s", trainer.settings_summary())
     result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint,
@@ -290,11 +295,34 @@ def main(argv: list[str] | None = None) -> None:
         threads = set_cpu_threads()
         if threads is not None:
             logger.info("CPU threads: %d (the idle cores at start; set OMP_NUM_THREADS to choose)", threads)
+    guard = InterruptGuard()
+    previous = signal.signal(signal.SIGINT, guard.handle)
     try:
-        train(script_args, training_args, model_args)
+        train(script_args, training_args, model_args, callbacks=[guard])
     except KeyboardInterrupt:
         last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         where = (f"last checkpoint: {last} (resume with --resume_from_checkpoint true)" if last
                  else "no checkpoint was saved yet")
         print(f"Interrupted; {where}.", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class InterruptGuard(TrainerCallback):
+    """Ctrl-C stops training even where Python drops the KeyboardInterrupt (one raised inside a finalizer or a gc
+    callback is only printed): the handler raises it as usual and remembers it, and the next step boundary raises it
+    again."""
+
+    def __init__(self):
+        self.interrupted = False
+
+    def handle(self, signum, frame):
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    on_step_end = on_substep_end
