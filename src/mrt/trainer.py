@@ -337,7 +337,7 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
             backend = "server " + args.prover_server_url if args.prover == "server" else (
                 "policy via vLLM (" + args.vllm_mode + ")" if args.use_vllm else "policy via transformers")
             lines.append(f"  prover mu: {backend}; estimator={args.prover_estimator}, "
-                         f"{args.prover_num_samples} samples x {args.prover_max_tokens} tokens, "
+                         f"{args.prover_num_samples} samples x {args.prover_token_budget} tokens, "
                          f"suffix={args.termination_suffix!r}; J from {j_funcs}")
         elif args.progress_mode == "branched":
             lines.append(f"  branched rollouts: prefixes from {args.prefix_source}; J-hat from the terminating half")
