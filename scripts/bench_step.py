@@ -9,6 +9,7 @@ table; its last line is the MRT/GRPO step-time ratio alone (first estimator, fir
 run is left out of the means when there are more than one (it pays one-off start-up costs).
 """
 
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -91,6 +92,12 @@ def run(argv: list[str], overrides: list[str]) -> dict:
     }
 
 
+def run_apart(argv: list[str], overrides: list[str]) -> dict:
+    """`run` in a fresh process, so that nothing an earlier run left alive is charged to a later run's peak RSS."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run, (argv, overrides))
+
+
 def show(value, digits=2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -137,14 +144,14 @@ def main(argv: list[str]) -> float:
     ratios, lines = {}, []
     for length in lengths:
         at_length = ["--max_completion_length", str(length)]
-        runs = {"GRPO": run(argv, [*at_length, "--alpha", "0", "--progress_mode", "dense"])}
+        runs = {"GRPO": run_apart(argv, [*at_length, "--alpha", "0", "--progress_mode", "dense"])}
         # A branched config still times the dense form in these columns.
         dense = ["--progress_mode", "dense"] if args.progress_mode == "branched" else []
         for estimator in estimators:
-            runs[f"MRT {estimator}"] = run(argv, [*at_length, *dense, "--prover_estimator", estimator])
+            runs[f"MRT {estimator}"] = run_apart(argv, [*at_length, *dense, "--prover_estimator", estimator])
             ratios[(estimator, length)] = runs[f"MRT {estimator}"]["step_time"] / runs["GRPO"]["step_time"]
         if bench.bench_branched:
-            runs["MRT branched"] = run(argv, [*at_length, "--progress_mode", "branched"])
+            runs["MRT branched"] = run_apart(argv, [*at_length, "--progress_mode", "branched"])
             ratios[("branched", length)] = runs["MRT branched"]["step_time"] / runs["GRPO"]["step_time"]
         lines += table(length, runs)
     print("\n".join(lines))
