@@ -206,7 +206,7 @@ class BranchedRollouts:
         if self.use_vllm:
             engine = self.vllm_generation
             saved = engine.max_completion_length, engine.generation_kwargs
-            engine.max_completion_length = min(args.prover_max_tokens, args.max_completion_length)
+            engine.max_completion_length = args.prover_token_budget
             if args.prover_stop:
                 engine.generation_kwargs = {**saved[1], "stop": list(args.prover_stop),
                                             "include_stop_str_in_output": True}
@@ -216,7 +216,7 @@ class BranchedRollouts:
                 engine.max_completion_length, engine.generation_kwargs = saved
             return
         saved = self.generation_config, self.generation_kwargs
-        budget = min(args.prover_max_tokens, args.max_completion_length)
+        budget = args.prover_token_budget
         self.generation_config = copy.deepcopy(saved[0])
         self.generation_config.max_new_tokens = budget
         self.generation_kwargs = {**saved[1], "max_new_tokens": budget}
