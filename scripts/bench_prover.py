@@ -40,12 +40,12 @@ def float32_view(folder: str) -> str:
 def prover_batch(trainer, problems: int, episodes: int):
     """Each problem's prompt plus 0..episodes paragraphs of a worked answer: the trainer's prover requests."""
     from mrt.data import arithmetic_dataset
+    from mrt.tokens import prompt_ids
 
     tok = trainer._tokenizer
     prompts, completions, lengths, rows = [], [], [], []
     for row in arithmetic_dataset(problems, seed=1):
-        prompts.append(tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                               return_dict=False))
+        prompts.append(prompt_ids(tok, [row["prompt"]])[0])
         paragraphs = [f"Let me work out {row['problem'][8:-1]} step by step.\n\n",
                       "Wait, let me double-check the arithmetic carefully before answering.\n\n",
                       f"So the result is {row['answer']}.\n\n", "Hmm, that looks right to me.\n\n"][:episodes]

@@ -19,10 +19,12 @@ from transformers import AutoTokenizer
 
 from mrt.data import arithmetic_dataset
 from mrt.episodes import EpisodeRules
+from mrt.experiments.vllm_server import VLLMServer
 from mrt.models import smollm2_folder
 from mrt.prover import ProgressEstimator, make_suffix
 from mrt.prover.server import ServerProver
-from mrt.vllm_server import VLLMServer
+from mrt.quiet import quiet_cpu_start
+from mrt.tokens import prompt_ids
 
 # float32: this CPU has no native bf16 (AVX2 only), where vLLM runs bf16 far slower.
 COMMON = ["--enforce-eager", "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", "64"]
@@ -54,8 +56,7 @@ def warm_up(prover: ServerProver, tok) -> None:
 def real_batch(server: VLLMServer, tok, a):
     """Completions the model writes itself, split into episodes; the prover requests MRTTrainer would send."""
     problems = arithmetic_dataset(a.num_prompts, seed=0, difficulty=a.difficulty)
-    prompts = [list(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False))
-               for p in problems["prompt"]]
+    prompts = prompt_ids(tok, list(problems["prompt"]))
     writer = ServerProver(server.url, tok, timeout=600, max_retries=1)
     groups = writer.generate(prompts, num_samples=a.completions, max_tokens=a.completion_tokens, temperature=0.9,
                              stop=None)
@@ -73,8 +74,8 @@ def timed(server: VLLMServer, tok, batch, a) -> dict:
     warm_up(prover, tok)
     before = dict(prover.usage)
     start = time.perf_counter()
-    samples = prover.generate(batch.prompts, num_samples=a.samples, max_tokens=a.max_tokens, temperature=0.9,
-                              stop=[a.stop] if a.stop else None)
+    prover.generate(batch.prompts, num_samples=a.samples, max_tokens=a.max_tokens, temperature=0.9,
+                    stop=[a.stop] if a.stop else None)
     seconds = time.perf_counter() - start
     generated = prover.usage["completion_tokens"] - before["completion_tokens"]
     prompt_tokens = prover.usage["prompt_tokens"] - before["prompt_tokens"]
@@ -112,4 +113,5 @@ def main():
 
 
 if __name__ == "__main__":
+    quiet_cpu_start()  # what importing mrt does not set: the quiet CPU start of the commands
     main()

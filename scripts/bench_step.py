@@ -20,7 +20,8 @@ from trl import ModelConfig, TrlParser
 
 from mrt import MRTConfig
 from mrt.cli import MRTScriptArguments, build_trainer
-from mrt.models import release_memory
+from mrt.memory import release_memory
+from mrt.quiet import quiet_cpu_start
 
 
 @dataclass
@@ -164,4 +165,5 @@ def main(argv: list[str]) -> float:
 
 
 if __name__ == "__main__":
+    quiet_cpu_start()  # what importing mrt does not set: the quiet CPU start of the commands
     main(sys.argv[1:])

@@ -46,9 +46,8 @@ def worker(argv: list[str], out: Path) -> None:
     """One rank: train as scripts/train_mrt_rl.py does, then write rank<r>.json."""
     from trl import ModelConfig, TrlParser
 
-    from mrt.cli import MRTScriptArguments, build_trainer
-
     from mrt import MRTConfig
+    from mrt.cli import MRTScriptArguments, build_trainer
 
     parser = TrlParser((MRTScriptArguments, MRTConfig, ModelConfig))
     script_args, args, model_args = parser.parse_args_and_config(argv)

@@ -15,7 +15,8 @@ from trl import ModelConfig, TrlParser
 
 from mrt import MRTConfig
 from mrt.cli import MRTScriptArguments, build_trainer
-from mrt.compare_estimators import CompareArguments, compare
+from mrt.experiments.estimators import CompareArguments, compare
+from mrt.quiet import quiet_cpu_start
 
 
 def main(argv: list[str]) -> dict:
@@ -32,4 +33,5 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
+    quiet_cpu_start()  # what importing mrt does not set: the quiet CPU start of the commands
     main(sys.argv[1:])

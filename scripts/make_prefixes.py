@@ -9,7 +9,6 @@ installed, else transformers. Interrupted runs resume; the output (JSONL or Parq
 training with `--prefix_source dataset`.
 """
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +17,10 @@ from trl import ModelConfig, TrlParser
 from mrt import MRTConfig
 from mrt.cli import MRTScriptArguments
 from mrt.data import load_problems
+from mrt.experiments.prefix_data import write_prefixes
 from mrt.generation import BACKENDS, make_generator
 from mrt.models import resolve_model
-from mrt.prefix_data import write_prefixes
+from mrt.quiet import start_command
 
 
 @dataclass
@@ -43,7 +43,7 @@ class PrefixArguments:
 
 
 def main(script_args, training_args, model_args, prefix_args) -> Path:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_command()
     dataset = load_problems(
         script_args.dataset_name, split=script_args.dataset_train_split, problem_column=script_args.problem_column,
         answer_column=training_args.answer_column, system_prompt=script_args.system_prompt or None,

@@ -122,7 +122,7 @@ def qwen_tokenizer(folder: Path):
     """SmolLM2's tokenizer with its <|endoftext|>/<|im_start|>/<|im_end|> at Qwen's ids (their old ids renamed)."""
     from transformers import AutoTokenizer
 
-    from mrt.models import tiny_model_folder
+    from mrt.tiny_model import tiny_model_folder
 
     source = Path(tiny_model_folder())
     data = json.loads((source / "tokenizer.json").read_text())

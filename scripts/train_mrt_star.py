@@ -9,18 +9,18 @@ overridden on the command line; `--selection correct` is plain STaR, the baselin
 resume: finished problems and iterations are kept.
 """
 
-import logging
 import sys
 
 from accelerate import PartialState
 from trl import TrlParser
 
-from mrt.star import STaRConfig, run
-from mrt.star_select import NoCorrectTraces
+from mrt.quiet import start_command
+from mrt.star.run import STaRConfig, run
+from mrt.star.select import NoCorrectTraces
 
 
 def main(config: STaRConfig) -> list[dict]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_command()
     try:
         summaries = run(config)
     except NoCorrectTraces as error:

@@ -21,7 +21,7 @@ def smollm2_path() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
     """Folder of a tiny random Llama with the SmolLM2 tokenizer (about 3M parameters)."""
-    from mrt.models import tiny_model_folder
+    from mrt.tiny_model import tiny_model_folder
 
     return str(tiny_model_folder())
 
@@ -38,6 +38,6 @@ def _free_memory_after_each_module():
     """Trainers, models and in-process vLLM engines sit in reference cycles; free them before the next module
     (the suite runs in CI machines of 24 GB, beside 2-rank runs that hold their own models and engines)."""
     yield
-    from mrt.models import release_memory
+    from mrt.memory import release_memory
 
     release_memory()

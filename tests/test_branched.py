@@ -20,7 +20,13 @@ import yaml  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from mrt import MRTConfig, MRTTrainer  # noqa: E402
-from mrt.branched import (  # noqa: E402
+from mrt.cli import parser  # noqa: E402
+from mrt.data import arithmetic_dataset, load_problems  # noqa: E402
+from mrt.episodes import EpisodeRules  # noqa: E402
+from mrt.experiments.prefix_data import write_prefixes  # noqa: E402
+from mrt.generation import make_generator  # noqa: E402
+from mrt.prover import prover_prompt  # noqa: E402
+from mrt.rl.branched import (  # noqa: E402
     PrefixStore,
     branched_advantages,
     check_prefix_column,
@@ -36,12 +42,6 @@ from mrt.branched import (  # noqa: E402
     rollout_updates,
     terminating_mask,
 )
-from mrt.cli import parser  # noqa: E402
-from mrt.data import arithmetic_dataset, load_problems  # noqa: E402
-from mrt.episodes import EpisodeRules  # noqa: E402
-from mrt.generation import make_generator  # noqa: E402
-from mrt.prefix_data import write_prefixes  # noqa: E402
-from mrt.prover import prover_prompt  # noqa: E402
 
 
 def free_port() -> int:
@@ -286,6 +286,15 @@ def test_problem_key_is_stable_and_distinguishes_problems():
     assert problem_key("plain prompt") != problem_key(["plain prompt"])
 
 
+def test_problem_keys_of_stored_checkpoints_stay_valid():
+    # Checkpoints hold stores keyed by the sha1 of the prompt's JSON (UTF-8, not ASCII-escaped), first 20 hex digits.
+    import hashlib
+
+    for prompt in ("Combien font 2 + 2 ? Réponds.", [{"role": "user", "content": "Wie viel ist 3 × 4?"}]):
+        text = json.dumps(prompt, sort_keys=True, ensure_ascii=False, default=str)
+        assert problem_key(prompt) == hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]
+
+
 # ---------------------------------------------------------------- the rollouts store
 
 
@@ -458,7 +467,7 @@ class Recording:
         return output
 
     def _tokenize_prompts(self, prompts):
-        self._last_plan = self._branch_plan
+        self._last_plan = self.progress_mode.plan
         return super()._tokenize_prompts(prompts)
 
 
@@ -481,7 +490,7 @@ def branched_trainer(model_path, dataset, tmp_path, rewards=parity_reward, **ove
 
 
 def check_batches(trainer, conversational: bool):
-    tok, suffix = trainer._tokenizer, trainer.branch_suffix
+    tok, suffix = trainer._tokenizer, trainer.progress_mode.suffix
 
     branched_rows = 0
     for inputs, output, plan in trainer.batches:
@@ -511,7 +520,7 @@ def test_branched_training_from_rollouts_conversational(tiny_model_path, tmp_pat
     trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     # 2 problems, one per step: from the third step on every problem has a stored trace to cut.
-    assert len(trainer.prefix_store) == 2
+    assert len(trainer.progress_mode.prefix_store) == 2
     assert check_batches(trainer, conversational=True) > 0
     logged = {k for h in trainer.state.log_history for k in h}
     for name in ("j_hat", "branch_progress", "cut_episode", "prefix_tokens", "frac_empty_prefix",
@@ -519,7 +528,7 @@ def test_branched_training_from_rollouts_conversational(tiny_model_path, tmp_pat
         assert f"mrt/{name}" in logged
     # The advantage the loss saw is the branched one of the last batch.
     last = trainer.batches[-1][1]["advantages"]
-    assert torch.allclose(last, trainer.last_branched.advantages)
+    assert torch.allclose(last, trainer.progress_mode.last_branched.advantages)
 
 
 def test_branched_training_from_a_dataset_with_plain_prompts(tiny_model_path, tmp_path, tokenizer):
@@ -529,7 +538,7 @@ def test_branched_training_from_a_dataset_with_plain_prompts(tiny_model_path, tm
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
-    assert len(trainer.prefix_store) == 0  # the dataset is the source
+    assert len(trainer.progress_mode.prefix_store) == 0  # the dataset is the source
     check_batches(trainer, conversational=False)
     no_source = [h["mrt/frac_no_prefix_source"] for h in trainer.state.log_history if "mrt/frac_no_prefix_source" in h]
     assert no_source and all(v in (0.0, 1.0) for v in no_source) and 1.0 in no_source
@@ -546,14 +555,14 @@ def test_resume_keeps_the_prefix_store(tiny_model_path, tmp_path):
     trainer = branched_trainer(tiny_model_path, data, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
     trainer.train()
     saved = tmp_path / "run" / "checkpoint-2" / "mrt_prefixes.json"
-    assert saved.exists() and len(trainer.prefix_store) == 2
+    assert saved.exists() and len(trainer.progress_mode.prefix_store) == 2
     resumed = branched_trainer(tiny_model_path, data, tmp_path, max_steps=3, save_strategy="no")
-    assert len(resumed.prefix_store) == 0
+    assert len(resumed.progress_mode.prefix_store) == 0
     resumed.train(resume_from_checkpoint=str(saved.parent))
     # The one new step (the third) cut its prefixes from the traces the first run stored.
     assert resumed.state.global_step == 3 and len(resumed.batches) == 1
     assert all(b.has_source for b in resumed.batches[0][2])
-    assert set(trainer.prefix_store.prefixes) == set(resumed.prefix_store.prefixes)
+    assert set(trainer.progress_mode.prefix_store.prefixes) == set(resumed.progress_mode.prefix_store.prefixes)
 
 
 # ---------------------------------------------------------------- what a batch's signals are (issue 21)
@@ -608,7 +617,7 @@ def test_progress_reward_funcs_define_j_hat_and_the_bonus_in_branched_mode(tiny_
     rewards = trainer.batch_rewards.float().cpu()
     success, whole = rewards[:, 0], rewards[:, 0] + 0.01 * rewards[:, 1]
     term = terminating_mask(8, 4)
-    result = trainer.last_branched
+    result = trainer.progress_mode.last_branched
     j_hat = torch.tensor([success[g * 4 + 2:g * 4 + 4].mean().item() for g in range(2)]).repeat_interleave(4)
     assert result.j_hat.tolist() == pytest.approx(j_hat.tolist())
     assert result.bonus.tolist() == pytest.approx(torch.where(term, 0.0, success - j_hat).tolist())
@@ -805,7 +814,7 @@ def test_branched_with_the_colocated_vllm_engine(smollm2_path, tmp_path, monkeyp
     (inputs, output, plan), = trainer.batches
     for comp_mask, branch in zip(output["completion_mask"], plan):
         assert int(comp_mask.sum()) <= (4 if branch.terminating else 16)
-    assert len(trainer.prefix_store) == 2 and math.isfinite(trainer.state.log_history[0]["loss"])
+    assert len(trainer.progress_mode.prefix_store) == 2 and math.isfinite(trainer.state.log_history[0]["loss"])
     # The engine's own settings are back after the terminating call.
     assert trainer.vllm_generation.max_completion_length == 16 and "stop" not in trainer.vllm_generation.generation_kwargs
 
@@ -818,7 +827,7 @@ def test_branched_with_a_vllm_server(smollm2_path, tmp_path, monkeypatch):
     from trl.generation.vllm_client import VLLMClient
     from trl.generation.vllm_generation import VLLMGeneration
 
-    from mrt.vllm_server import VLLMServer
+    from mrt.experiments.vllm_server import VLLMServer
 
     model = float32_folder(smollm2_path, tmp_path)
     # TRL's weight push to the server runs on vLLM's NCCL weight-transfer engine, which needs CUDA: only that part is

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train_script import ROOT, logged_metrics, run, write_config
 
 from mrt import quiet
-from test_train_script import ROOT, logged_metrics, run, write_config
 
 MRT_TRAIN = Path(sys.executable).with_name("mrt-train")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -79,11 +79,14 @@ def test_cpu_vllm_pin_matches_pyproject():
     assert pins == [quiet.CPU_VLLM], f"mrt.quiet.CPU_VLLM is {quiet.CPU_VLLM}, pyproject pins {pins}: make them equal"
 
 
-# Imports the library as the training command does, starts DeepSpeed's accelerator, then emits look-alikes that
-# must still show: TRL's warning for another vLLM version, other vLLM and DeepSpeed warnings.
+# Starts as the training command does (`mrt.cli.main` calls start_command first), imports TRL's trainer (TRL's
+# and vLLM's start-up messages), starts DeepSpeed's accelerator, then emits look-alikes that must still show:
+# TRL's warning for another vLLM version, other vLLM and DeepSpeed warnings.
 START = """
 import logging, warnings
-import mrt.cli
+from mrt.quiet import start_command
+start_command()
+import mrt.rl.trainer
 from deepspeed.accelerator import get_accelerator
 get_accelerator()
 warnings.warn_explicit("TRL currently supports vLLM versions from 0.22.0 to 0.31.0. You have version 0.33.0 "
@@ -107,6 +110,33 @@ def test_start_is_quiet_but_keeps_other_warnings():
         assert kept in output, f"{kept!r} was silenced too"
 
 
+def test_the_command_starts_before_it_parses(monkeypatch):
+    from mrt import cli
+
+    calls = []
+
+    class Parser:
+        def parse_args_and_config(self, args):
+            calls.append(("parse", args))
+            raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "start_command", lambda: calls.append("start"))
+    monkeypatch.setattr(cli, "parser", Parser)
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert calls == ["start", ("parse", ["--help"])]
+
+
+def test_start_command_quiets_and_logs_only_when_called():
+    code = ("import logging, mrt, mrt.cli, mrt.quiet; before = logging.getLogger().handlers[:]; "
+            "mrt.quiet.start_command(); after = logging.getLogger(); "
+            "print(before == [], after.level == logging.INFO, len(after.handlers) == 1)")
+    result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == ["True", "True", "True"]
+
+
 def test_deepspeed_message_stays_with_a_gpu_torch():
     record = logging.LogRecord("DeepSpeed", logging.WARNING, "x.py", 1, quiet.DEEPSPEED_CPU + ".", None, None)
     assert quiet.DropMessage(quiet.DEEPSPEED_CPU, when=lambda: False).filter(record)  # a CUDA torch: kept
@@ -123,8 +153,8 @@ def test_quiet_cpu_start_installs_each_filter_once():
 
 
 def test_reward_funcs_load_from_import_paths_with_clear_errors():
-    from mrt.cli import load_reward_funcs
-    from mrt.rewards import accuracy_reward
+    from mrt.rewards.accuracy import accuracy_reward
+    from mrt.rewards.registry import load_reward_funcs
 
     assert load_reward_funcs(None) is None
     assert load_reward_funcs(["mrt.rewards:accuracy_reward"]) == [accuracy_reward]
@@ -146,7 +176,7 @@ def shout_reward(completions, **kwargs):
 def test_reward_funcs_take_trl_names_and_the_default_by_name():
     import trl.rewards
 
-    from mrt.cli import load_reward_funcs
+    from mrt.rewards.registry import load_reward_funcs
 
     funcs = load_reward_funcs(["accuracy_reward", "reasoning_accuracy_reward", "think_format_reward"])
     assert funcs == [trl.rewards.accuracy_reward, trl.rewards.reasoning_accuracy_reward,
@@ -158,8 +188,18 @@ def test_reward_funcs_take_trl_names_and_the_default_by_name():
     assert default(prompts=[None] * 2, completions=completions, gold=["12", "13"]) == [1.0, 0.0]
 
 
+def test_reasoning_gym_reward_loads_by_name():
+    pytest.importorskip("reasoning_gym")
+    from mrt.cli import MRTScriptArguments
+    from mrt.rewards.reasoning_gym import reasoning_gym_reward
+    from mrt.rewards.registry import load_reward_funcs
+
+    assert MRTScriptArguments(reward_funcs=["reasoning_gym_reward"]).reward_funcs == ["reasoning_gym_reward"]
+    assert load_reward_funcs(["reasoning_gym_reward"], answer_column="gold") == [reasoning_gym_reward]
+
+
 def test_reward_funcs_take_dotted_and_colon_paths_from_the_working_directory(tmp_path, monkeypatch):
-    from mrt.cli import load_reward_funcs
+    from mrt.rewards.registry import load_reward_funcs
 
     (tmp_path / "my_rewards.py").write_text(NAMED_REWARD)
     monkeypatch.chdir(tmp_path)
@@ -170,7 +210,8 @@ def test_reward_funcs_take_dotted_and_colon_paths_from_the_working_directory(tmp
 
 
 def test_unknown_reward_names_fail_naming_the_field():
-    from mrt.cli import MRTScriptArguments, load_reward_funcs
+    from mrt.cli import MRTScriptArguments
+    from mrt.rewards.registry import load_reward_funcs
 
     with pytest.raises(ValueError, match=r"MRTScriptArguments\.reward_funcs .*'accuracy_reward'.*'nope'"):
         MRTScriptArguments(reward_funcs=["accuracy_reward", "nope"])
@@ -267,7 +308,7 @@ def test_quantization_uses_trls_config():
     from trl import ModelConfig
 
     from mrt import cli
-    from mrt.config import MRTConfig
+    from mrt.rl.config import MRTConfig
 
     args = MRTConfig(output_dir="unused", use_cpu=False, bf16=False)
     model_args = ModelConfig(load_in_4bit=True, dtype="bfloat16", bnb_4bit_quant_type="fp4")
@@ -295,7 +336,7 @@ def test_help_is_quick_to_reach_and_lists_mrt_fields_first():
     assert len(lines[0]) < 120  # a one-line usage, not every flag
     # The parser is built without the trainer's imports (TRL's GRPOTrainer, vLLM): they come only to train.
     probe = ("import sys; from mrt.cli import parser; parser(); "
-             "print(sorted({'mrt.trainer', 'trl.trainer.grpo_trainer'} & set(sys.modules)))")
+             "print(sorted({'mrt.rl.trainer', 'trl.trainer.grpo_trainer'} & set(sys.modules)))")
     imported = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True,
                               timeout=300)
     assert imported.returncode == 0, imported.stderr[-2000:]

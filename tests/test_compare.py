@@ -1,4 +1,4 @@
-"""The side-by-side comparison (mrt.compare, mrt.compare_report, scripts/compare_methods.py).
+"""The side-by-side comparison (mrt.experiments.compare, mrt.experiments.report, scripts/compare_methods.py).
 
 The CI smoke runs the real command with --smoke (tiny model, 1 step per arm, 2 problems); a unit interrupted after
 training resumes from nothing and gives the same numbers as one that never stopped; the report's statistics are
@@ -13,9 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from mrt.compare import (Arm, CompareConfig, load_config, load_unit, run_comparison, save_unit, unit_lock,
-                         write_held_out)
-from mrt.compare_report import build_report, draws, interval, markdown_table, per_problem
+from mrt.experiments.compare import (
+    Arm,
+    CompareConfig,
+    load_config,
+    load_unit,
+    run_comparison,
+    save_unit,
+    unit_lock,
+    write_held_out,
+)
+from mrt.experiments.report import build_report, draws, interval, markdown_report, markdown_table, per_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "compare_methods.py"
@@ -189,7 +197,7 @@ def test_cpu_testbed_meets_the_issue_floor():
 
 
 def test_gpu_config_loads_with_bf16_and_longer_completions():
-    from mrt.compare import arm_fields, eval_budgets
+    from mrt.experiments.compare import arm_fields, eval_budgets
 
     config = load_config(GPU_CONFIG)
     assert eval_budgets(config) == ([0, 256, 512, 1024], 1024)
@@ -199,8 +207,8 @@ def test_gpu_config_loads_with_bf16_and_longer_completions():
 
 
 def test_held_out_problems_are_never_trained_on(tmp_path):
-    from mrt.compare import arm_fields
     from mrt.data import load_problems
+    from mrt.experiments.compare import arm_fields
 
     config = load_config(CPU_CONFIG, output_dir=str(tmp_path))
     rows = [json.loads(line) for line in write_held_out(config).read_text().splitlines()]
@@ -224,7 +232,7 @@ def test_bad_settings_name_the_field(tmp_path):
     with pytest.raises(ValueError, match=r"Arm\.kind"):
         Arm(name="a", config="x.yaml", kind="sft")
     other = {"name": "b", "config": "configs/mrt_smollm2_arithmetic.yaml", "overrides": {"max_completion_length": 32}}
-    from mrt.compare import training_budget
+    from mrt.experiments.compare import training_budget
 
     with pytest.raises(ValueError, match=r"CompareConfig\.train.*one max_completion_length"):
         training_budget(CompareConfig(arms=[arm, other]))
@@ -298,3 +306,136 @@ def test_report_intervals_targets_and_table():
     assert "| mrt | 2 | 0.000 [0.000, 0.000] | 0.500 [" in table and "| never |" in table
     assert table.splitlines()[0].startswith("| arm | seeds | acc@0 (answer at once) | acc@1x (8) | acc@2x (16) |")
     assert math.isclose(report["arms"]["base"]["accuracy"][1]["mean"], 0.5)
+
+
+# ---------------------------------------------------------------- paired statistics (pure, constructed numbers)
+
+
+def test_t_interval_and_sign_test_on_known_numbers():
+    from mrt.experiments.paired import sign_test, t_interval, t_quantile
+
+    # Student's t table, two-sided 95%: df 1, 2, 4, 30
+    for df, t in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)):
+        assert t_quantile(0.95, df) == pytest.approx(t, abs=1e-4)
+    mean, low, high = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, n 3
+    assert mean == 2.0 and (low, high) == pytest.approx((2 - 4.3027 / 3**0.5, 2 + 4.3027 / 3**0.5), abs=1e-4)
+    assert t_interval([0.5]) == (0.5, None, None)  # one seed: no interval
+    assert sign_test(3, 0) == 0.25  # "beats GRPO on all 3 seeds": two-sided p = 2 / 8
+    assert sign_test(5, 0) == 0.0625 and sign_test(4, 1) == 0.375 and sign_test(0, 0) == 1.0
+
+
+def _paired_units(arm, accuracy_by_seed):
+    """Units of `arm` whose per-problem accuracy at budgets 0, 8, 16 is accuracy_by_seed[seed] (problems x 3)."""
+    return [_unit(arm, s, [list(row) for row in acc]) for s, acc in accuracy_by_seed.items()]
+
+
+def test_paired_differences_by_seed_sign_count_and_t_interval():
+    ref = {0: [[0.0, 0.25, 0.5], [0.0, 0.5, 0.5]], 1: [[0.0, 0.5, 0.5], [0.0, 0.0, 0.5]],
+           2: [[0.0, 0.25, 0.25], [0.0, 0.25, 0.75]], 3: [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]}
+    shift = {0: 0.25, 1: 0.5, 2: -0.25}  # arm - reference on every problem at budget 8, by seed
+    arm = {s: [[a0, a8 + shift[s], a16] for a0, a8, a16 in ref[s]] for s in shift}  # seed 3: reference only
+    report = build_report("t", _paired_units("grpo", ref) + _paired_units("mrt", arm), ["grpo", "mrt"], [0, 8, 16],
+                          8, resamples=200, seed=0)
+    paired = report["paired"]
+    assert paired["reference"] == "grpo" and list(paired["arms"]) == ["mrt"]
+    assert paired["arms"]["mrt"]["seeds"] == [0, 1, 2]  # the seeds both arms ran
+    at0, at8, at16 = paired["arms"]["mrt"]["accuracy"]
+    assert at8["by_seed"] == {"0": 0.25, "1": 0.5, "2": -0.25}
+    assert at8["mean"] == pytest.approx(0.5 / 3, abs=1e-6)
+    assert (at8["positive"], at8["negative"], at8["ties"]) == (2, 1, 0) and at8["sign_p"] == 1.0
+    from mrt.experiments.paired import t_interval
+
+    _, low, high = t_interval([0.25, 0.5, -0.25])
+    assert (at8["t_low"], at8["t_high"]) == pytest.approx((low, high), abs=1e-6)
+    assert at8["low"] < at8["mean"] < at8["high"]
+    for same in (at0, at16):  # no difference: a point interval, three ties
+        assert same["mean"] == same["low"] == same["high"] == 0.0 and same["ties"] == 3 and same["sign_p"] == 1.0
+    table = markdown_report(report)
+    assert "Paired against grpo" in table
+    assert "| mrt | 1x (8) | 3 | +0.167 [" in table and "0: +0.250, 1: +0.500, 2: -0.250 | 2/1/0 | 1 |" in table
+
+
+def test_paired_bootstrap_covers_the_true_difference():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    true = 0.2
+    ref, arm = {}, {}
+    for seed in range(5):
+        seed_effect = rng.normal(0, 0.05)  # a seed moves both arms alike: pairing removes it
+        base = np.clip(rng.uniform(0.2, 0.6, size=32) + seed_effect, 0, 1)
+        noise = rng.normal(0, 0.1, size=32)
+        ref[seed] = [[0.0, b, b] for b in base]
+        arm[seed] = [[0.0, b + true + n, b] for b, n in zip(base, noise)]
+    report = build_report("t", _paired_units("grpo", ref) + _paired_units("mrt", arm), ["grpo", "mrt"], [0, 8, 16],
+                          8, resamples=500, seed=0)
+    at8 = report["paired"]["arms"]["mrt"]["accuracy"][1]
+    assert at8["low"] <= true <= at8["high"] and at8["low"] > 0.1  # covers 0.2, excludes no effect
+    assert at8["t_low"] <= true <= at8["t_high"]
+    assert at8["positive"] == 5 and at8["sign_p"] == 0.0625
+
+
+# ---------------------------------------------------------------- provenance: the code version of each unit
+
+
+def test_code_version_is_the_commit_and_whether_the_tree_differs(tmp_path):
+    from mrt.experiments.compare import code_version
+
+    assert code_version(tmp_path) is None  # outside git
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    for args in (["init", "-q"], ["add", "a.py"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert code_version(repo) == {"commit": head, "dirty": False}
+    (repo / "a.py").write_text("x = 2\n")
+    assert code_version(repo) == {"commit": head, "dirty": True}
+    mine = code_version()  # the library's own checkout
+    assert mine is None or len(mine["commit"]) == 40
+
+
+def test_the_report_names_the_code_versions_and_refuses_a_mix():
+    units = [{**_unit("grpo", s, [[0.0, 0.5, 0.5]]), "unit": f"grpo-seed{s}",
+              "code_version": {"commit": "a" * 40, "dirty": False}} for s in (0, 1)]
+    report = build_report("t", units, ["grpo"], [0, 8, 16], 8, resamples=20)
+    assert report["code_versions"] == {"a" * 12: ["grpo-seed0", "grpo-seed1"]} and not report["mixed_versions"]
+    assert f"Code version: {'a' * 12} (2 units)" in markdown_report(report)
+
+    units.append({**_unit("mrt", 0, [[0.0, 1.0, 1.0]]), "unit": "mrt-seed0",
+                  "code_version": {"commit": "b" * 40, "dirty": True}})
+    units.append({**_unit("mrt", 1, [[0.0, 1.0, 1.0]]), "unit": "mrt-seed1"})  # recorded none
+    with pytest.raises(ValueError, match="3 code versions.*allow_mixed_versions"):
+        build_report("t", units, ["grpo", "mrt"], [0, 8, 16], 8, resamples=20)
+    report = build_report("t", units, ["grpo", "mrt"], [0, 8, 16], 8, resamples=20, allow_mixed_versions=True)
+    assert report["mixed_versions"] and report["arms"]["mrt"]["code_versions"] == ["b" * 12 + "+dirty", "unknown"]
+    table = markdown_table(report)
+    assert table.splitlines()[0].endswith("| code |")
+    assert table.splitlines()[-1].endswith(f"| {'b' * 12}+dirty, unknown |")
+    assert "Code versions (mixed" in markdown_report(report)
+
+
+def test_smoke_units_record_their_code_version_and_a_unit_of_another_version_is_refused(smoke, tmp_path):
+    import shutil
+
+    from mrt.experiments.compare import code_version
+
+    out, stdout = smoke
+    units = {p.stem: json.loads(p.read_text()) for p in (out / "units").glob("*.json")}
+    assert all(u["code_version"] == code_version() for u in units.values())
+    report = json.loads((out / "results.json").read_text())
+    assert report["paired"]["reference"] == "grpo" and "grpo" not in report["paired"]["arms"]
+    assert report["paired"]["arms"]["mrt_dense"]["seeds"] == [0]
+    assert "Paired against grpo" in stdout and "diff_accuracy" in (out / "results.csv").read_text()
+
+    copy = tmp_path / "compare"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("work"))
+    (copy / "units" / "grpo-seed0.json").unlink()
+    older = json.loads((copy / "units" / "base.json").read_text())
+    older["code_version"] = {"commit": "0" * 40, "dirty": False}
+    (copy / "units" / "base.json").write_text(json.dumps(older))
+    config = load_config(CPU_CONFIG, smoke=True, output_dir=str(copy))
+    with pytest.raises(ValueError, match="code versions"):  # refused before training anything
+        run_comparison(config, progress_bar=False)
+    assert not (copy / "units" / "grpo-seed0.json").exists()

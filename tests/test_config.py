@@ -1,8 +1,8 @@
 import pytest
 
 from mrt import MRTConfig
-from mrt.fields import SUFFIX_PRESETS
 from mrt.prover import termination_suffix
+from mrt.prover.presets import SUFFIX_PRESETS
 
 
 def config(**kwargs):

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-
 from datasets import Dataset
 
 from mrt import MRTConfig, MRTTrainer

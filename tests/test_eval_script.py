@@ -17,7 +17,8 @@ SCRIPT = ROOT / "scripts" / "eval_mrt.py"
 # per call, so that the kill lands between the two problems' records (resuming inside a chunk: test_evaluation.py).
 ARGS = ["--models", "smollm2-135m", "--dataset", "arithmetic:1", "--num_problems", "2", "--num_samples", "2",
         "--max_tokens", "16", "--budgets", "0", "8", "16", "--prover_num_samples", "2", "--prover_max_tokens", "4",
-        "--prover_stop", "}", "--backend", "transformers", "--seed", "3", "--problems_per_call", "1"]
+        "--prover_stop", "}", "--termination_suffix", "boxed", "--backend", "transformers", "--seed", "3",
+        "--problems_per_call", "1"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 

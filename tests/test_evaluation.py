@@ -1,13 +1,14 @@
 """Evaluation curve math against hand-worked curves, the tables built from records, the config checks, and
-problems sampled together in chunks (tiny random model): their records, resuming inside a chunk, the fingerprint."""
+problems sampled together in chunks (tiny random model): their records, resuming inside a chunk, the fingerprint;
+reward functions with the dataset's columns and partial credit, budget forcing, training's episode and prover
+fields."""
 
 import json
 
 import pytest
 
-from mrt.evaluation import EvalConfig, efficiency_table, evaluate, load_records, summarize
+from mrt.evaluation.run import EvalConfig, efficiency_table, evaluate, load_records, summarize
 from mrt.progress import curve_area, curve_value, efficiency_ratios, regret, regret_at, tokens_to_reach
-
 
 # ---------------------------------------------------------------- area and regret
 
@@ -194,12 +195,13 @@ def tiny_config(model: str, output_dir, **kwargs) -> EvalConfig:
     """5 problems x 2 samples of 12 tokens, several episodes each, 2 forced answers of 3 tokens per prefix."""
     return EvalConfig(**{"models": [model], "num_problems": 5, "num_samples": 2, "max_tokens": 12,
                          "budgets": [0, 6, 12], "prover_num_samples": 2, "prover_max_tokens": 3, "prover_stop": ["}"],
+                         "termination_suffix": "boxed",
                          "backend": "transformers", "episode_chunk_tokens": 4, "seed": 5,
                          "output_dir": str(output_dir), **kwargs})
 
 
 def written(config: EvalConfig) -> list[dict]:
-    from mrt.evaluation import records_path
+    from mrt.evaluation.run import records_path
 
     return [json.loads(line) for line in records_path(config.output_dir, config.models[0]).read_text().splitlines()]
 
@@ -220,10 +222,11 @@ def uninterrupted_pairs(tiny_model_path, tmp_path_factory):
 @pytest.mark.parametrize("separate_mu", [False, True], ids=["mu-is-model", "mu-separate"])
 def test_records_are_the_chunked_calls_and_one_per_call_is_the_single_problem_draw(tiny_model_path, tmp_path,
                                                                                    separate_mu):
-    from mrt.evaluation import evaluate_problems, load_eval_problems, make_setup, prompt_ids
+    from mrt.evaluation.run import evaluate_problems, load_eval_problems, make_setup
     from mrt.generation import make_generator
+    from mrt.tokens import prompt_ids
 
-    prover = {"prover": tiny_model_path + "/"} if separate_mu else {}  # another name: mu is a second generator
+    prover = {"prover_checkpoint": tiny_model_path + "/"} if separate_mu else {}  # mu is a second generator
     by_size = {}
     for size in (1, 2):
         config = tiny_config(tiny_model_path, tmp_path / str(size), problems_per_call=size, **prover)
@@ -237,16 +240,15 @@ def test_records_are_the_chunked_calls_and_one_per_call_is_the_single_problem_dr
     config = tiny_config(tiny_model_path, tmp_path / "x", **prover)
     model = make_generator(tiny_model_path, backend="transformers")
     mu = make_generator(tiny_model_path, backend="transformers") if separate_mu else model
-    setup = make_setup(config, model.tokenizer)
-    problems = load_eval_problems(config)
-    prompts = [prompt_ids(model.tokenizer, p["prompt"]) for p in problems]
-    golds = [p["answer"] for p in problems]
-    alone = [evaluate_problems(config, setup, model, mu, [prompts[i]], [golds[i]], 5 * 1_000_003 + 1000 * i)
+    setup = make_setup(config, model.tokenizer, model.eos)
+    problems = [dict(row) for row in load_eval_problems(config)]
+    prompts = prompt_ids(model.tokenizer, [p["prompt"] for p in problems])
+    alone = [evaluate_problems(config, setup, model, mu, [prompts[i]], [problems[i]], 5 * 1_000_003 + 1000 * i)
              for i in range(5)]
     assert all(len(rows) == 1 for rows in alone)
     assert [r["completions"] for r in by_size[1]] == [rows[0] for rows in alone]
     pairs = [rows for c in (0, 2, 4) for rows in evaluate_problems(
-        config, setup, model, mu, prompts[c:c + 2], golds[c:c + 2], 5 * 1_000_003 + 1000 * c)]
+        config, setup, model, mu, prompts[c:c + 2], problems[c:c + 2], 5 * 1_000_003 + 1000 * c)]
     assert [r["completions"] for r in by_size[2]] == pairs
     # Sampled together, the chunk's second problem gets other draws than alone (what the fingerprint keeps apart).
     assert drawn(by_size[2][1]) != drawn(by_size[1][1])
@@ -281,3 +283,200 @@ def test_other_problems_per_call_is_refused_on_resume(tiny_model_path, tmp_path)
         evaluate(tiny_config(tiny_model_path, tmp_path, problems_per_call=3), progress_bar=False)
     with pytest.raises(ValueError, match="EvalConfig.problems_per_call"):
         tiny_config(tiny_model_path, tmp_path, problems_per_call=0)
+
+
+# ---------------------------------------------------------------- rewards (tiny random model)
+
+
+REWARD_MODULE = '''
+def credit_reward(prompts, completions, completion_ids, credit, **kwargs):
+    """Partial credit read from the dataset's own column: every answer of a problem gets its `credit`."""
+    assert len(credit) == len(completions) == len(completion_ids) == len(prompts)
+    return [float(c) for c in credit]
+'''
+
+
+@pytest.fixture
+def credit_problems(tmp_path, monkeypatch):
+    """Two problems whose column `credit` (0.5, 1.0) is the reward of every answer; the reward module on sys.path."""
+    (tmp_path / "credit_rewards.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "credit.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1), "credit": c}) + "\n"
+                            for i, c in enumerate([0.5, 1.0])))
+    return str(path)
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.5])
+def test_reward_funcs_score_completions_and_mu_with_the_dataset_columns(tiny_model_path, tmp_path, credit_problems,
+                                                                        threshold):
+    config = tiny_config(tiny_model_path, tmp_path, dataset=credit_problems, split="train", num_problems=2,
+                         reward_funcs=["credit_rewards:credit_reward"], correct_threshold=threshold)
+    results = evaluate(config, progress_bar=False)
+    by_credit = {0.5: [], 1.0: []}
+    for record in written(config):
+        credit = 0.5 if record["answer"] == "1" else 1.0
+        by_credit[credit] += record["completions"]
+    for credit, rows in by_credit.items():
+        correct = float(credit >= threshold)
+        for c in rows:
+            assert c["outcome"] == credit and c["correct"] == correct
+            assert c["j_values"][0] == credit  # mu's answers get the reward too (J is the mean reward)
+            assert c["budget_accuracy"][0] == correct  # the forced answers count as correct at the threshold
+    (m,) = results["models"].values()
+    assert m["mean_reward"] == pytest.approx(0.75)
+    assert m["accuracy"] == pytest.approx(0.5 if threshold == 1.0 else 1.0)
+    assert m["accuracy_at_0"] == m["accuracy_vs_budget"][0]["accuracy"] and m["accuracy_vs_budget"][0]["answer_at_once"]
+
+
+def test_reward_and_threshold_checks():
+    with pytest.raises(ValueError, match="EvalConfig.reward_funcs"):
+        EvalConfig(reward_funcs=["no_such_reward"])
+    with pytest.raises(ValueError, match="EvalConfig.correct_threshold"):
+        EvalConfig(correct_threshold=0)
+    with pytest.raises(ValueError, match="EvalConfig.forcing_cues"):
+        EvalConfig(budget_forcing=True, forcing_cues=[])
+    # Records made before these fields existed resume: at their defaults they leave the fingerprint alone.
+    assert EvalConfig().fingerprint() != EvalConfig(correct_threshold=0.5).fingerprint()
+    assert EvalConfig().fingerprint() != EvalConfig(reward_funcs=["mrt_accuracy"]).fingerprint()
+    assert EvalConfig().fingerprint() != EvalConfig(budget_forcing=True).fingerprint()
+    assert EvalConfig().fingerprint() == EvalConfig(forcing_cues=["Hmm"]).fingerprint()  # unused without forcing
+
+
+# ---------------------------------------------------------------- budget forcing (tiny random model)
+
+
+def test_without_end_cuts_the_thinking_tag_or_the_eos():
+    from mrt.evaluation.forcing import without_end
+
+    assert without_end([5, 6, 2, 2], {2}, []) == [5, 6]
+    assert without_end([5, 6, 9, 7, 8, 2], {2}, [9, 7]) == [5, 6]  # the tag and the answer after it go
+    assert without_end([5, 9, 6], {2}, [9, 7]) == [5, 9, 6]  # no whole tag: nothing cut
+
+
+class EndsEarly:
+    """The tiny model's generator, except that its first sampling call (n > 1) ends every sample after `after`
+    tokens, as if it wrote its EOS there: a random model almost never ends by itself (so this stands in for it)."""
+
+    def __init__(self, generator, after: int):
+        self.generator, self.after, self.calls = generator, after, []
+        self.name, self.tokenizer, self.prover, self.eos = (generator.name, generator.tokenizer, generator.prover,
+                                                            generator.eos)
+
+    def generate(self, prompts, n, max_tokens, temperature, stop=None, seed=0):
+        from mrt.generation import Sample
+
+        self.calls.append((n, max_tokens))
+        out = self.generator.generate(prompts, n, max_tokens, temperature, stop, seed)
+        if n == 1:
+            return out
+        return [[Sample(s.ids[:self.after], self.tokenizer.decode(s.ids[:self.after]), True) for s in group]
+                for group in out]
+
+    def close(self):
+        self.generator.close()
+
+
+@pytest.mark.parametrize("forcing", [False, True])
+def test_budget_forcing_continues_an_early_end_with_the_cue_up_to_the_budget(tiny_model_path, tmp_path, forcing):
+    from mrt.generation import make_generator
+
+    built = []
+
+    def make(model, **kwargs):
+        built.append(EndsEarly(make_generator(model, **kwargs), after=3))
+        return built[-1]
+
+    config = tiny_config(tiny_model_path, tmp_path, num_problems=2, max_tokens=24, budgets=[0, 12, 24],
+                         budget_forcing=forcing, forcing_cues=["Wait", "But wait"], max_episodes=8)
+    results = evaluate(config, make_generator=make, progress_bar=False)
+    tok = built[0].tokenizer
+    cue = tok("\n\nBut wait", add_special_tokens=False)["input_ids"]  # the longer cue
+    for record in written(config):
+        for c in record["completions"]:
+            assert c["first_end"] == 3 and not c["answered"]
+            if not forcing:
+                assert c["tokens"] == 3 and c["finished"] and c["episodes"] == len(c["episode_ends"])
+                continue
+            # Continued as a new paragraph that starts with the first cue, then up to the budget (or ended again
+            # with no room left for the next cue).
+            assert "\n\nWait" in c["text"]
+            assert c["tokens"] == 24 or (c["finished"] and c["tokens"] + len(cue) >= 24)
+            assert c["episodes"] >= 2 and c["episode_ends"][0] in (3, 3 + 2)  # before or after the blank line
+            assert len(c["budget_accuracy"]) == 3
+    (m,) = results["models"].values()
+    assert m["ended_early"] == 1.0 and m["answered"] == 0.0
+    # The first round continues every sample from its 3 tokens and the cue, with the rest of the budget.
+    rounds = [max_tokens for n, max_tokens in built[0].calls if n == 1]
+    assert rounds[:1] == ([24 - 3 - len(tok("\n\nWait", add_special_tokens=False)["input_ids"])] if forcing else [])
+
+
+# ---------------------------------------------------------------- training's episode and prover fields
+
+
+def test_episode_and_prover_fields_are_trainings():
+    from dataclasses import fields
+
+    from mrt.fields import EpisodeFields, ProverFields
+    from mrt.rl.config import MRTConfig
+
+    config = EvalConfig(episode_markers=["Check"], max_episodes=3)
+    # A model trained with custom markers is evaluated with them.
+    assert config.episode_rules(None).markers == ("Check",) and config.episode_rules(None).max_episodes == 3
+    for shared in (*fields(EpisodeFields), *fields(ProverFields)):
+        theirs = MRTConfig.__dataclass_fields__[shared.name]
+        ours = EvalConfig.__dataclass_fields__[shared.name]
+        assert (ours.default, ours.metadata["help"]) == (theirs.default, theirs.metadata["help"]), shared.name
+    with pytest.raises(ValueError, match="EvalConfig.prover_temperature"):
+        EvalConfig(prover_temperature=0.0)  # training's check: a greedy mu gives one answer m times
+    with pytest.raises(ValueError, match="EvalConfig.prover"):
+        EvalConfig(prover="other-model")  # a model of mu's own is prover_checkpoint now
+    with pytest.raises(ValueError, match="EvalConfig.prover_checkpoint"):
+        EvalConfig(prover="server", prover_checkpoint="m")
+    with pytest.raises(ValueError, match="EvalConfig.min_paragraphs_between"):
+        EvalConfig(min_paragraphs_between=-1)
+
+
+def test_fingerprint_of_records_made_before_the_training_fields():
+    """The hash the records carried before evaluation took training's fields: every field of that time (mu's model
+    under the name `prover`), at the values given now."""
+    from dataclasses import asdict
+
+    from mrt.records import fingerprint
+
+    old_fields = ("dataset", "split", "problem_column", "answer_column", "system_prompt", "num_samples", "max_tokens",
+                  "temperature", "prover_num_samples", "prover_max_tokens", "prover_temperature",
+                  "termination_suffix", "prover_stop", "budgets", "max_episodes", "min_paragraphs_between",
+                  "episode_fallback", "episode_chunk_tokens", "end_of_thinking_tag", "backend", "dtype",
+                  "batch_size", "problems_per_call", "seed")
+    for mu in (None, "other/model"):
+        config = EvalConfig(prover_checkpoint=mu, prover_max_tokens=8, termination_suffix="boxed", batch_size=16)
+        old = {k: v for k, v in asdict(config).items() if k in old_fields}
+        assert config.fingerprint() == fingerprint({**old, "prover": mu})
+    assert EvalConfig().fingerprint() != EvalConfig(episode_markers=["Check"]).fingerprint()
+
+
+def test_served_mu_that_is_down_is_a_clear_error(tiny_model_path, tmp_path):
+    pytest.importorskip("openai")  # the `server` extra
+    from mrt.experiments.vllm_server import free_port
+    from mrt.prover import ProverServerError
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    config = tiny_config(tiny_model_path, tmp_path, prover="server", prover_server_url=url, prover_timeout=5,
+                         prover_max_retries=0)
+    with pytest.raises(ProverServerError, match="vllm serve MODEL"):
+        evaluate(config, progress_bar=False)
+
+
+def test_reasoning_gym_task_is_scored_by_its_own_scorer_with_its_columns(tiny_model_path, tmp_path):
+    pytest.importorskip("reasoning_gym")  # the `reasoning` extra
+    config = tiny_config(tiny_model_path, tmp_path, dataset="reasoning_gym:chain_sum", num_problems=2,
+                         reward_funcs=["reasoning_gym_reward"])
+    results = evaluate(config, progress_bar=False)
+    # The reward needs the rows' `task` and `metadata` columns (it raises without them); the random model's
+    # completions never box an answer and its forced answers are random text: every reward is 0.
+    completions = [c for r in written(config) for c in r["completions"]]
+    assert len(completions) == 4 and all(c["outcome"] == 0.0 and not c["answered"] for c in completions)
+    assert all(v == 0.0 for c in completions for v in c["j_values"] + c["budget_accuracy"])
+    (m,) = results["models"].values()
+    assert m["accuracy"] == 0.0 and m["answered"] == 0.0 and m["accuracy_given_answered"] is None

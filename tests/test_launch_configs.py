@@ -67,7 +67,7 @@ def script_parser(script: str):
     if script.endswith("train_mrt_rl.py"):
         return parser()
     if script.endswith("train_mrt_star.py"):
-        from mrt.star import STaRConfig
+        from mrt.star.run import STaRConfig
 
         return TrlParser((STaRConfig,))  # as in scripts/train_mrt_star.py
     raise AssertionError(f"{script}: no parser known for this script; add it to script_parser")

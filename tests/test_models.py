@@ -1,4 +1,4 @@
-"""Tests for mrt.models: offline SmolLM2 conversion and the tiny test model."""
+"""Tests for mrt.models (offline SmolLM2 conversion, the model cache) and mrt.tiny_model (the tiny test model)."""
 
 import json
 import logging
@@ -18,8 +18,8 @@ from mrt.models import (
     resolve_model,
     smollm2_folder,
     smollm2_gguf_path,
-    tiny_model_folder,
 )
+from mrt.tiny_model import tiny_model_folder
 
 VOCAB = 49152
 

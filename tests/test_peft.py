@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from test_train_script import write_config
 
 peft = pytest.importorskip("peft", reason="the peft extra is not installed (pip install -e '.[peft]')")

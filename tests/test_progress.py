@@ -60,8 +60,8 @@ def test_regret_of_hand_worked_curves():
 
 def test_training_evaluation_and_star_agree_on_one_j_curve():
     # One definition of cumulative regret (issue 21): the J step curve, J_{j-1} held over episode j's tokens.
-    from mrt.evaluation import EvalConfig, summarize
-    from mrt.star_select import trace_regret
+    from mrt.evaluation.run import EvalConfig, summarize
+    from mrt.star.select import trace_regret
 
     js, ends, j_tokens = [0.0, 0.5, 1.0, 1.0], [10, 30, 40], [0, 10, 30, 40]
     record = {"text": "", "tokens": 40, "finished": True, "outcome": 1.0, "episode_ends": ends, "j_tokens": j_tokens,

@@ -7,9 +7,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from mrt.prover import (ProverRequests, RewardScorer, StopOnText, answer_in_context, build_requests, make_suffix,
-                        prover_prompt, sample_success)
-from mrt.rewards import PROVER_PREFIX, PROVER_SUFFIX, make_accuracy_reward
+from mrt.prover import (
+    ProverRequests,
+    RewardScorer,
+    StopOnText,
+    answer_in_context,
+    build_requests,
+    make_suffix,
+    prover_prompt,
+    sample_success,
+)
+from mrt.rewards.accuracy import PROVER_PREFIX, PROVER_SUFFIX, make_accuracy_reward
 
 
 def encode(tokenizer, text):
@@ -50,7 +58,7 @@ def test_the_suffix_starts_a_new_paragraph(tokenizer, prefix, joiner):
 
 def test_answer_in_context_uses_the_in_context_tokens():
     # A Qwen/GPT-2-style BPE merges '{' with a following '\\': the answer must be scored as written in context.
-    from mrt.models import tiny_model_folder
+    from mrt.tiny_model import tiny_model_folder
 
     tok = AutoTokenizer.from_pretrained(tiny_model_folder())
     suffix = make_suffix(tok, "boxed", None)

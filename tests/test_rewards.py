@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from mrt import rewards
-from mrt.rewards import (
+from mrt.rewards import accuracy as rewards
+from mrt.rewards.accuracy import (
     PROVER_PREFIX,
     PROVER_SUFFIX,
     accuracy_reward,
@@ -351,6 +351,32 @@ def test_deadlines_swallowed_by_finalizers_never_reach_the_unraisable_hook(where
     assert reports and reports[-1].exc_value is other
 
 
+def test_the_deadline_guard_is_on_only_while_bounded_calls_run(monkeypatch):
+    # Two overlapping calls in two threads: the guard stays while either runs; after them, the caller's hook.
+    own = types.SimpleNamespace()  # any hook the program installed
+    monkeypatch.setattr(sys, "unraisablehook", own)
+    started, release, seen = threading.Event(), threading.Event(), {}
+
+    def held():
+        started.set()
+        release.wait(10)
+        return "held"
+
+    def peek():
+        seen["inner"] = sys.unraisablehook
+        return "peeked"
+
+    worker = threading.Thread(target=lambda: seen.setdefault("worker", rewards._bounded(held, None)))
+    worker.start()
+    assert started.wait(10)
+    assert rewards._bounded(peek, None) == "peeked"
+    assert isinstance(seen["inner"], rewards._DropDeadlines) and seen["inner"].next_hook is own
+    assert sys.unraisablehook is seen["inner"], "the guard left while the worker's call still ran"
+    release.set()
+    worker.join(10)
+    assert seen["worker"] == "held" and sys.unraisablehook is own
+
+
 def test_a_gold_parse_that_timed_out_is_not_cached(monkeypatch):
     gold, parse = "1234/5678", rewards._parse
     rewards._parse_gold_cached.cache_clear()
@@ -382,3 +408,18 @@ def test_no_interrupt_reaches_the_caller_after_many_bounded_calls(monkeypatch):
 ])
 def test_an_unboxed_restated_sum_is_not_an_answer(text, gold, expected):
     assert score(text, gold) == expected
+
+
+# ---------------------------------------------------------------- several reward functions
+
+
+def test_weighted_sum_skips_none_and_keeps_unscorable_rows_nan():
+    import torch
+
+    from mrt.rewards.combine import weighted_sum
+
+    nan = float("nan")
+    per_function = torch.tensor([[1.0, 0.5], [nan, 1.0], [nan, nan], [0.0, 0.0]])
+    total = weighted_sum(per_function, torch.tensor([2.0, -1.0]))
+    assert total[[0, 1, 3]].tolist() == [1.5, -1.0, 0.0]  # a None (NaN) adds nothing to its row
+    assert torch.isnan(total[2])  # no function scored it: unscorable, not 0

@@ -5,7 +5,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from mrt import MRTConfig, MRTTrainer
 from mrt.data import arithmetic_dataset
-from mrt.rewards import make_accuracy_reward, with_eos_ids
+from mrt.rewards.accuracy import make_accuracy_reward, with_eos_ids
 
 COMMON = dict(
     use_cpu=True, bf16=False, report_to="none", gradient_checkpointing=False, save_strategy="no",

@@ -9,7 +9,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from test_train_script import SCRIPT, write_config
 
 PARITY_REWARD = """
@@ -118,7 +117,7 @@ def test_ctrl_c_names_the_last_checkpoint_without_a_traceback(tiny_model_path, t
 
 def test_push_to_hub_is_called_when_asked(tiny_model_path, tmp_path, monkeypatch):
     # No hub is reachable here, so the upload itself is replaced; the test checks that the command asks for it.
-    from mrt.trainer import MRTTrainer
+    from mrt.rl.trainer import MRTTrainer
 
     calls = []
     monkeypatch.setattr(MRTTrainer, "init_hf_repo", lambda self, token=None: None)  # creates the repo at start

@@ -3,8 +3,15 @@ the generation step, and a one-iteration run on the tiny model."""
 
 import pytest
 
-from mrt.star_select import (Choice, NoCorrectTraces, best_prefix, check_not_empty, select_problem, summarize,
-                             trace_regret)
+from mrt.star.select import (
+    Choice,
+    NoCorrectTraces,
+    best_prefix,
+    check_not_empty,
+    select_problem,
+    summarize,
+    trace_regret,
+)
 
 CUTOFF = 100
 
@@ -168,7 +175,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse(*argv):
     from trl import TrlParser
 
-    from mrt.star import STaRConfig
+    from mrt.star.run import STaRConfig
 
     (config,) = TrlParser((STaRConfig,)).parse_args_and_config(args=list(argv))
     return config
@@ -195,7 +202,7 @@ def test_gpu_recipe_has_the_papers_sft_settings():
                                           ("min_paragraphs_between", -1), ("episode_fallback", "sentences"),
                                           ("prover_temperature", 0.0), ("prover_model", " ")])
 def test_config_errors_name_the_field(field, value, tmp_path):
-    from mrt.star import STaRConfig
+    from mrt.star.run import STaRConfig
 
     with pytest.raises(ValueError, match=rf"STaRConfig\.{field} = "):
         STaRConfig(output_dir=str(tmp_path), use_cpu=True, **{field: value})
@@ -206,9 +213,9 @@ def test_config_errors_name_the_field(field, value, tmp_path):
 
 def test_a_trace_cut_at_the_token_limit_is_scored_as_cut(tokenizer):
     # Issue 20: the default reward reads a trace's ids as GRPOTrainer's (ending in EOS when the model ended it).
-    from mrt.prover import eos_ids
-    from mrt.rewards import make_accuracy_reward
-    from mrt.star import _with_eos
+    from mrt.rewards.accuracy import make_accuracy_reward
+    from mrt.star.run import _with_eos
+    from mrt.tokens import eos_ids
 
     reward = make_accuracy_reward("answer", eos_ids(tokenizer))
     text = "4 + 8 = 12, and then add them together: 12"
@@ -220,7 +227,7 @@ def test_a_trace_cut_at_the_token_limit_is_scored_as_cut(tokenizer):
 
 def test_cut_trace_is_prefix_suffix_and_mus_answer(tokenizer):
     from mrt.prover import make_suffix, prover_prompt
-    from mrt.star import training_completion
+    from mrt.star.run import training_completion
 
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt = encode("What is 2 + 3?")
@@ -245,7 +252,7 @@ def test_cut_trace_is_prefix_suffix_and_mus_answer(tokenizer):
 
 
 def small_config(tmp_path, model, **overrides):
-    from mrt.star import STaRConfig
+    from mrt.star.run import STaRConfig
 
     settings = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", seed=5,
                     model_name_or_path=model, num_train_problems=5, num_generations=2, max_completion_length=8,
@@ -258,7 +265,7 @@ def small_config(tmp_path, model, **overrides):
 
 def test_generation_resumes_after_a_kill(tiny_model_path, tmp_path):
     from mrt.generation import make_generator
-    from mrt.star import generate_traces, load_star_problems
+    from mrt.star.run import generate_traces, load_star_problems
 
     config = small_config(tmp_path, tiny_model_path)
     problems = load_star_problems(config)
@@ -297,7 +304,7 @@ def test_one_iteration_cuts_trains_and_saves(tiny_model_path, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mrt.star import DONE, run
+    from mrt.star.run import DONE, run
 
     config = small_config(tmp_path, tiny_model_path, keep_per_problem=1, episode_chunk_tokens=4)
     (summary,) = run(config, reward_funcs=[always_right], progress_bar=False)
@@ -340,7 +347,7 @@ def test_one_iteration_cuts_trains_and_saves(tiny_model_path, tmp_path):
 def test_two_iterations_start_from_the_trained_model(tiny_model_path, tmp_path):
     import json
 
-    from mrt.star import DONE, run
+    from mrt.star.run import DONE, run
 
     config = small_config(tmp_path, tiny_model_path, iterations=2, num_train_problems=2)
     first, second = run(config, reward_funcs=[always_right], progress_bar=False)
@@ -353,10 +360,31 @@ def test_two_iterations_start_from_the_trained_model(tiny_model_path, tmp_path):
     assert traces[0] != traces[1]
 
 
+def test_a_server_mu_is_built_from_the_configs_prover_fields(tiny_model_path, tmp_path):
+    # STaR builds its frozen mu the one way the trainer does (ServerProver.from_fields); nothing listens here, so
+    # the client fails fast, naming the config's URL, retries and model.
+    import socket
+
+    pytest.importorskip("openai")
+    from mrt.generation import make_generator
+    from mrt.prover.server import ProverServerError
+    from mrt.star.run import make_mu
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = small_config(tmp_path, tiny_model_path, prover="server", prover_server_url=f"http://127.0.0.1:{port}/v1",
+                          prover_model="my-mu", prover_timeout=5, prover_max_retries=0)
+    generator = make_generator(tiny_model_path, backend="transformers")
+    with pytest.raises(ProverServerError, match=f"at http://127.0.0.1:{port}/v1 .*after 0 retries.*vllm serve my-mu"):
+        make_mu(config, generator)
+    generator.close()
+
+
 def test_no_correct_trace_stops_before_training(tiny_model_path, tmp_path):
     import json
 
-    from mrt.star import DONE, load_star_problems, run
+    from mrt.star.run import DONE, load_star_problems, run
 
     data = tmp_path / "problems.jsonl"
     rows = [{"problem": "What is 2 + 2?", "answer": "4"}, {"problem": "What is half?", "answer": "\\frac{1}{"},

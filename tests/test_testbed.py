@@ -7,18 +7,18 @@ import statistics
 
 import pytest
 
-from mrt.data import SYSTEM_PROMPT, format_prompt
+from mrt.data import COLUMNS, DEFAULT_SPEC, SYSTEM_PROMPT, format_prompt, load_spec, load_task, parse_spec
 from mrt.episodes import EpisodeRules, split_completion
-from mrt.rewards import last_box
-from mrt.testbed.reasoning_gym import (
-    COLUMNS,
-    DEFAULT_SPEC,
-    load_spec,
-    load_task,
-    parse_spec,
-    reasoning_gym_reward,
+from mrt.experiments.testbed.traces import (
+    ROUTES,
+    TraceOptions,
+    sft_rows,
+    signed_terms,
+    write_trace,
+    write_traces,
 )
-from mrt.testbed.traces import ROUTES, TraceOptions, sft_rows, signed_terms, write_trace, write_traces
+from mrt.rewards.accuracy import last_box
+from mrt.rewards.reasoning_gym import reasoning_gym_reward
 
 # A written step: "47 + 38 = 85" (a fixed step goes on: "= 85, not 75.").
 _EQUATION = re.compile(r"^(-?\d+) ([+-]) (\d+) = (-?\d+)", re.M)
@@ -243,3 +243,169 @@ def test_load_problems_reads_a_reasoning_gym_name():
     assert not set(train["problem"]) & set(test["problem"])
     with pytest.raises(ValueError, match="dataset_config"):
         load_problems("reasoning_gym:chain_sum", num_problems=2, dataset_config="x")
+
+
+# ---------------------------------------------------------------- warm start
+
+
+def _tiny_warm_start(tiny_model_path, **overrides):
+    from mrt.experiments.testbed.warm_start import WarmStartConfig
+
+    values = {"name": "tiny", "model": tiny_model_path, "num_problems": 8, "max_steps": 2, "batch_size": 4,
+              "warmup_steps": 0, "learning_rate": 1e-2, "max_length": 384, "bf16": False}
+    return WarmStartConfig(**(values | overrides))
+
+
+def test_warm_start_trains_once_and_is_reused(tiny_model_path, tmp_path, monkeypatch):
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from mrt.experiments.testbed import warm_start as ws
+
+    monkeypatch.setenv("MRT_CACHE_DIR", str(tmp_path / "cache"))
+    config = _tiny_warm_start(tiny_model_path)
+    folder = ws.warm_start(config)
+    assert folder == tmp_path / "cache" / "testbed" / f"tiny-{config.fingerprint()}"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    assert base.keys() == tuned.keys()
+    assert any(not torch.equal(base[k], tuned[k].to(base[k].dtype)) for k in base)  # SFT moved the weights
+    info = json.loads((folder / "mrt_complete.json").read_text())
+    assert info["config"]["max_steps"] == 2 and info["first_loss"] > 0
+
+    # A second call, and a `testbed:` name of the same settings, reuse the folder without training.
+    monkeypatch.setattr(ws, "_train", lambda *args: pytest.fail("trained again"))
+    assert ws.warm_start(_tiny_warm_start(tiny_model_path)) == folder
+    recipe = tmp_path / "warm_start.yaml"
+    recipe.write_text(yaml.safe_dump({k: v for k, v in vars(config).items()}))
+    assert ws.resolve_testbed(f"testbed:{recipe}") == str(folder)
+    # Other settings are another folder.
+    assert _tiny_warm_start(tiny_model_path, max_steps=3).folder() != folder
+
+
+@pytest.mark.parametrize("field, value, owner", [
+    ("num_problems", 0, "WarmStartConfig"), ("max_steps", 0, "WarmStartConfig"),
+    ("learning_rate", 0.0, "WarmStartConfig"), ("batch_size", 0, "WarmStartConfig"),
+    ("warmup_steps", -1, "WarmStartConfig"), ("spec", "arithmetic:1", "WarmStartConfig"),
+    ("name", "a/b", "WarmStartConfig"), ("slip_rate", 1.5, "TraceOptions"), ("max_checks", 0, "TraceOptions"),
+])
+def test_warm_start_config_names_a_bad_field(field, value, owner):
+    from mrt.experiments.testbed.warm_start import WarmStartConfig
+
+    values = {"min_checks": 1} if field == "max_checks" else {}
+    with pytest.raises(ValueError, match=f"{owner}.{field} = "):
+        WarmStartConfig(**values, **{field: value})
+
+
+def test_warm_start_yaml_and_names_are_checked(tmp_path):
+    from mrt.experiments.testbed.warm_start import load_config, resolve_testbed
+
+    path = tmp_path / "w.yaml"
+    path.write_text("max_steps: 3\nlearning_rte: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rte"):
+        load_config(path)
+    path.write_text("max_steps: 3\nnum_problems: 16\n")
+    assert (load_config(path).max_steps, load_config(path).num_problems) == (3, 16)
+    with pytest.raises(ValueError, match="testbed:"):
+        resolve_testbed(str(path))
+
+
+def test_warm_start_rows_are_train_problems_with_written_traces():
+    from mrt.experiments.testbed.warm_start import WarmStartConfig, training_rows
+
+    config = WarmStartConfig(num_problems=12, min_checks=1, max_checks=1, slip_rate=0.0)
+    rows = training_rows(config)
+    test = load_spec(config.spec, 200, seed=0, split="test")
+    assert len(rows) == 12 and not {r["prompt"][-1]["content"] for r in rows} & set(test["problem"])
+    assert all(r["trace_episodes"] == 2 and r["trace_correct"] for r in rows)
+    assert rows == training_rows(config)
+
+
+# ---------------------------------------------------------------- pilot gates
+
+
+def _completion(outcome, episodes, forced, tokens=100, finished=True):
+    """An evaluation record of one completion, as mrt.evaluation writes it; J measured at tokens 0, 100 and 200 (the
+    budgets of `_gates`) is `forced`, the forced accuracy at those budgets."""
+    return {"outcome": outcome, "episode_ends": list(range(10, 10 * episodes + 1, 10)), "budget_accuracy": forced,
+            "j_tokens": [0, 100, 200], "j_values": forced, "tokens": tokens, "finished": finished}
+
+
+def _gates(completions, **config):
+    from mrt.experiments.testbed.pilot import PilotConfig, gate_values, gates
+
+    pilot = PilotConfig(budget=200, budgets=[0, 100, 200], **config)
+    values = gate_values(completions, pilot.budgets)
+    return values, {g.name.split(" ")[0]: g.passed for g in gates(values, pilot)}
+
+
+def test_gates_pass_on_a_model_that_reasons_in_episodes():
+    # 10 completions: 3 right (reward 1), one with partial credit (0.5: wrong), 4 with 2+ episodes;
+    # forced accuracy 0.1 at budget 0, then 0.2, 0.3.
+    completions = [_completion(1.0, 2, [0.0, 1.0, 1.0]), _completion(1.0, 3, [0.0, 0.0, 1.0]),
+                   _completion(1.0, 1, [1.0, 1.0, 1.0]), _completion(0.5, 2, [0.0, 0.0, 0.0]),
+                   *[_completion(0.0, 1 if k else 2, [0.0, 0.0, 0.0]) for k in range(6)]]
+    values, passed = _gates(completions)
+    assert values["accuracy"] == pytest.approx(0.3) and values["answer_at_once"] == pytest.approx(0.1)
+    assert values["multi_episode"] == pytest.approx(0.4)
+    assert [p["accuracy"] for p in values["curve"]] == pytest.approx([0.1, 0.2, 0.3])
+    assert [p["accuracy"] for p in values["forced_curve"]] == pytest.approx([0.1, 0.2, 0.3])
+    assert passed == {"answer": True, "accuracy": True, "completions": True, "J": True}
+
+
+def test_each_gate_fails_on_its_own_numbers():
+    right_at_once = [_completion(1.0, 2, [1.0, 1.0, 1.0])] * 2 + [_completion(0.0, 2, [0.0, 0.0, 1.0])] * 8
+    assert _gates(right_at_once)[1]["answer"] is False  # 0.2 answer at once
+    too_good = [_completion(1.0, 2, [0.0, 1.0, 1.0])] * 6 + [_completion(0.0, 2, [0.0, 0.0, 0.0])] * 4
+    assert _gates(too_good)[1]["accuracy"] is False  # 0.6 at B
+    partial = [_completion(0.9, 2, [0.0, 0.0, 1.0])] * 10  # partial credit is not right
+    assert _gates(partial)[1]["accuracy"] is False
+    one_episode = [_completion(1.0, 1, [0.0, 1.0, 1.0])] * 3 + [_completion(0.0, 1, [0.0, 0.0, 0.0])] * 7
+    assert _gates(one_episode)[1]["completions"] is False
+    dipping = ([_completion(1.0, 2, [0.0, 1.0, 1.0])] + [_completion(1.0, 2, [0.0, 1.0, 0.0])] * 2
+               + [_completion(0.0, 2, [0.0, 0.0, 0.0])] * 7)  # 0.0, 0.3, 0.1
+    assert _gates(dipping)[1]["J"] is False
+    # The same dip is within a looser tolerance; a flat curve never rises.
+    assert _gates(dipping, rise_tolerance=0.5)[1]["J"] is True
+    flat = [_completion(1.0, 2, [1.0, 1.0, 1.0])] + [_completion(0.0, 2, [0.0, 0.0, 0.0])] * 9
+    assert _gates(flat, max_answer_at_once=0.5)[1]["J"] is False
+
+
+def test_pilot_config_checks_budgets_and_thresholds():
+    from mrt.experiments.testbed.pilot import PilotConfig
+
+    assert PilotConfig(budget=200).budgets == [0, 50, 100, 150, 200]
+    with pytest.raises(ValueError, match="PilotConfig.budgets = "):
+        PilotConfig(budget=200, budgets=[50, 200])
+    with pytest.raises(ValueError, match="PilotConfig.max_accuracy = "):
+        PilotConfig(min_accuracy=0.6, max_accuracy=0.5)
+    with pytest.raises(ValueError, match="PilotConfig.dataset = "):
+        PilotConfig(dataset="arithmetic:1")
+
+
+def test_run_pilot_writes_the_gates_of_a_model(tiny_model_path, tmp_path):
+    from mrt.experiments.testbed.pilot import PilotConfig, run_pilot
+
+    config = PilotConfig(model=tiny_model_path, budget=8, num_problems=2, num_samples=2, eval_dir=str(tmp_path / "e"),
+                         output_dir=str(tmp_path / "out"))
+    results = run_pilot(config, progress_bar=False)
+    written = json.loads((tmp_path / "out" / "pilot.json").read_text())
+    assert written["num_completions"] == 4 and len(written["gates"]) == 4
+    assert [p["budget"] for p in written["values"]["curve"]] == [0, 2, 4, 6, 8]
+    assert written["all_passed"] == results["all_passed"] is False  # a random model answers nothing right
+    assert "| answer at once" in (tmp_path / "out" / "pilot.md").read_text()
+    assert len((tmp_path / "out" / "records.jsonl").read_text().splitlines()) == 2  # one line a problem
+
+
+def test_rising_gate_reads_j_at_episode_ends_not_cuts_inside_an_episode():
+    from mrt.experiments.testbed.pilot import PilotConfig, gate_values, gates
+
+    # Right after its first episode (token 60), wrong when cut inside the second (forced at 100), right at the end.
+    completion = {"outcome": 1.0, "episode_ends": [60, 150], "budget_accuracy": [0.0, 0.0, 1.0], "tokens": 150,
+                  "finished": True, "j_tokens": [0, 60, 150], "j_values": [0.0, 1.0, 1.0]}
+    pilot = PilotConfig(budget=200, budgets=[0, 100, 200])
+    values = gate_values([completion], pilot.budgets)
+    assert [p["accuracy"] for p in values["curve"]] == [0.0, 1.0, 1.0]
+    assert [p["accuracy"] for p in values["forced_curve"]] == [0.0, 0.0, 1.0]
+    assert gates(values, pilot)[3].passed

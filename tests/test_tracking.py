@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_train_script import ROOT, SCRIPT, run, write_config
 
 TRACKERS = {"tensorboard", "trackio", "wandb"}

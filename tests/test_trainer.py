@@ -112,7 +112,7 @@ def test_alpha_zero_trains_exactly_like_grpo(tiny_model_path, tmp_path):
 
 
 def mrt_reward():
-    from mrt.rewards import make_accuracy_reward
+    from mrt.rewards.accuracy import make_accuracy_reward
 
     return make_accuracy_reward("answer")
 
@@ -316,7 +316,7 @@ def test_termination_baseline_takes_r_and_j0_from_the_progress_rewards(tiny_mode
 
 
 def test_termination_baseline_rows_without_j0_take_the_group_mean_in_reward_units(tiny_model_path, tmp_path):
-    from mrt.rewards import PROVER_SUFFIX
+    from mrt.rewards.accuracy import PROVER_SUFFIX
 
     first = arithmetic_dataset(16, seed=0)[0]["problem"]
 
@@ -342,11 +342,37 @@ def test_termination_baseline_rows_without_j0_take_the_group_mean_in_reward_unit
 def test_likelihood_with_whole_solutions_as_answers_warns(tiny_model_path, tmp_path, caplog):
     dataset = arithmetic_dataset(8, seed=0).map(
         lambda row: {"answer": f"We add the two numbers step by step and find that the result is {row['answer']}."})
-    with caplog.at_level(logging.WARNING, logger="mrt.trainer"):
+    with caplog.at_level(logging.WARNING, logger="mrt.rl.trainer"):
         mrt_trainer(tiny_model_path, tmp_path, dataset=dataset, prover_estimator="likelihood",
                     termination_suffix="boxed")
     assert any("long texts" in r.message and "answer_column='answer'" in r.message for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="mrt.trainer"):
+    with caplog.at_level(logging.WARNING, logger="mrt.rl.trainer"):
         mrt_trainer(tiny_model_path, tmp_path, prover_estimator="likelihood", termination_suffix="boxed")
     assert not any("long texts" in r.message for r in caplog.records)
+
+
+def test_a_new_progress_form_is_one_class_and_a_registry_line(tiny_model_path, tmp_path, monkeypatch):
+    from mrt.rl.modes import MODES, ProgressMode
+
+    class OutcomeOnly(ProgressMode):
+        """A form of this test only: r itself as the sequence advantage (no baseline), so it needs no GRPO mean."""
+
+        name = "outcome_only"
+        needs_prover = True
+
+        def sequence_advantages(self, grpo, outcomes, j_rows, mode):
+            return torch.tensor([0.0 if r is None else r for r in outcomes])
+
+    with pytest.raises(ValueError, match="MRTConfig.progress_mode "):
+        mrt_trainer(tiny_model_path, tmp_path, progress_mode="outcome_only")
+    monkeypatch.setitem(MODES, OutcomeOnly.name, OutcomeOnly)
+    trainer = mrt_trainer(tiny_model_path, tmp_path, progress_mode="outcome_only", alpha=0.5,
+                          reward_funcs=length_reward)
+    assert isinstance(trainer.progress_mode, OutcomeOnly)
+    assert trainer.args.runs_prover and not mrt_trainer(tiny_model_path, tmp_path, alpha=0.0).args.runs_prover
+    output = one_batch(trainer)
+    record = trainer.last_progress
+    r = trainer.local_rewards(4)[:, 0]
+    assert torch.equal(record.sequence_advantages, r) and (r > 0).all()  # GRPO's would sum to 0 per group
+    assert torch.allclose(output["advantages"], expected_advantages(record, 0.5, output["advantages"].size(1)))

@@ -182,3 +182,90 @@ def test_mrt_trains_as_grpo_does_with_the_bonus(case, tiny_model_path, reward_mo
         evals = [e for e in trainer.state.log_history if "eval_first_loss" in e or "eval_second_loss" in e]
         assert len(evals) == 2 and all("eval_mrt/J_0" in e and "eval_mrt/progress" in e for e in evals), evals
     assert_bonus(trainer)
+
+
+# ---------------------------------------------------------------- the private TRL names mrt relies on (mrt.rl.trl_api)
+
+
+def _trl_private_names() -> set[str]:
+    """Private names TRL's GRPOTrainer and transformers' Trainer define: methods, instance and class attributes."""
+    import inspect
+
+    import transformers.trainer
+    import trl.trainer.grpo_trainer
+
+    names = set()
+    for module in (trl.trainer.grpo_trainer, transformers.trainer):
+        source = inspect.getsource(module)
+        names |= set(re.findall(r"self\.(_[a-zA-Z]\w*)\s*[:=]", source))
+        names |= set(re.findall(r"def (_[a-zA-Z]\w*)\(", source))
+        names |= set(re.findall(r"^    (_[a-zA-Z]\w*)\s*=", source, re.MULTILINE))
+    return names
+
+
+def test_every_private_trl_name_mrt_uses_is_listed():
+    from pathlib import Path
+
+    from mrt.rl.trl_api import PRIVATE_NAMES
+
+    root = Path(__file__).resolve().parents[1]
+    used = {}
+    for path in [*(root / "src" / "mrt").rglob("*.py"), *(root / "scripts").rglob("*.py")]:
+        text = path.read_text()
+        pattern = r"\b(?:self|trainer|t)\.(_[a-zA-Z]\w*)|def (_[a-zA-Z]\w*)\(self|^    (_[a-zA-Z]\w*)\s*="
+        for match in re.finditer(pattern, text, re.MULTILINE):
+            used.setdefault(next(g for g in match.groups() if g), set()).add(path.relative_to(root).as_posix())
+    trl = _trl_private_names()
+    unlisted = {name: sorted(used[name]) for name in used.keys() & trl}
+    for entry in PRIVATE_NAMES:
+        unlisted.pop(entry.name, None)
+    assert not unlisted, f"private TRL names used but not listed in mrt.rl.trl_api: {unlisted}"
+    # The check can fail: the trainer's overrides are TRL names it finds.
+    assert {"_generate_and_score_completions", "_calculate_rewards", "_tokenizer"} <= used.keys() & trl
+
+
+def test_every_listed_private_name_exists_as_mrt_uses_it(tiny_model_path, tmp_path):
+    import inspect
+
+    from transformers import Trainer
+    from trl import GRPOTrainer
+
+    from mrt.rl.trl_api import PRIVATE_NAMES
+
+    owners = {"GRPOTrainer": GRPOTrainer, "Trainer": Trainer}
+    args = MRTConfig(output_dir=str(tmp_path / "out"), **COMMON)
+    trainer = MRTTrainer(model=tiny_model_path, reward_funcs=char_reward, args=args,
+                         train_dataset=Dataset.from_list(conversational_rows()))
+    for entry in PRIVATE_NAMES:
+        owner = owners[entry.owner]
+        if entry.kind in ("override", "call"):
+            method = getattr(owner, entry.name, None)
+            assert callable(method), f"{entry.owner}.{entry.name} is gone"
+            params = list(inspect.signature(method).parameters)[1:]
+            assert params[:len(entry.parameters)] == list(entry.parameters), (entry.name, params)
+            if entry.kind == "override":
+                assert entry.name in vars(MRTTrainer), f"listed as overridden, but MRTTrainer does not: {entry.name}"
+        elif entry.kind == "class":
+            assert entry.name in vars(GRPOTrainer) and entry.name in vars(MRTTrainer), entry.name
+        else:
+            assert hasattr(trainer, entry.name), f"a GRPOTrainer has no {entry.name} any more"
+    # The shapes of the attributes, as the use column says.
+    assert {"train", "eval"} <= set(trainer._metrics) and {"advantages", "extra"} <= set(trainer._logs)
+    assert isinstance(trainer._pending_extra_logs, dict) and hasattr(trainer._dist, "summon_full_params")
+    assert set(GRPOTrainer._paper) == {"title", "id", "citation"}
+
+
+def test_the_listed_range_is_the_pinned_one_and_installed():
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    from mrt.rl.trl_api import CHECKED_ON
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    pins = {r.name: r.specifier for r in map(Requirement, project["dependencies"]) if r.name in CHECKED_ON}
+    assert {name: str(spec) for name, spec in pins.items()} == \
+        {name: str(Requirement(f"{name}{spec}").specifier) for name, spec in CHECKED_ON.items()}
+    assert all(version(name) in spec for name, spec in pins.items())

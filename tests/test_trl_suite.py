@@ -48,7 +48,7 @@ def test_a_generate_that_returns_a_tensor_trains_without_the_prover(reuse, tiny_
     trainer = MRTTrainer(model=model, reward_funcs=length_reward, args=args, train_dataset=rows(),
                          processing_class=AutoTokenizer.from_pretrained(tiny_model_path))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    with caplog.at_level(logging.WARNING, logger="mrt.trainer"):
+    with caplog.at_level(logging.WARNING, logger="mrt.rl.trainer"):
         trainer.train()
     assert trainer.state.global_step == 1
     assert any(not torch.equal(before[n], p.detach()) for n, p in trainer.model.named_parameters())

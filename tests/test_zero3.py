@@ -17,7 +17,6 @@ import math
 
 import pytest
 import torch
-
 from zero3_helpers import expected_advantages, launch
 from zero3_helpers import write_run as write_helper_run
 

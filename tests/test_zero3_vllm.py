@@ -28,7 +28,6 @@ import math
 
 import pytest
 import torch
-
 from zero3_helpers import expected_advantages, launch, write_run
 
 pytest.importorskip("vllm")

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 from transformers import TrainerCallback
+from zero3_probe import leave
 
 from mrt.cli import build_trainer, parser
-from zero3_probe import leave
 
 
 class Probe(TrainerCallback):
@@ -24,9 +24,9 @@ class Probe(TrainerCallback):
         tokenize, batch, generate = t._tokenize_prompts, t._generate_and_score_completions, t.model.generate
 
         def probed_tokenize(prompts):
-            if t._branch_plan is not None:
+            if t.progress_mode.plan is not None:
                 record["batches"].append({"step": t.state.global_step + 1, "plan": [
-                    [b.key, b.terminating, b.cut.ids, b.has_source] for b in t._branch_plan]})
+                    [b.key, b.terminating, b.cut.ids, b.has_source] for b in t.progress_mode.plan]})
             return tokenize(prompts)
 
         def probed_batch(inputs):
@@ -45,7 +45,7 @@ class Probe(TrainerCallback):
         acc = self.trainer.accelerator
         self.record.update(rank=acc.process_index, world_size=acc.num_processes, global_step=state.global_step,
                            distributed_type=str(acc.distributed_type), log_history=state.log_history,
-                           store=self.trainer.prefix_store.state_dict())
+                           store=self.trainer.progress_mode.prefix_store.state_dict())
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{acc.process_index}.json").write_text(json.dumps(self.record))
 

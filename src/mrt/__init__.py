@@ -1,26 +1,16 @@
-"""MRT: Meta Reinforcement Fine-Tuning on top of TRL's GRPOTrainer."""
+"""MRT: Meta Reinforcement Fine-Tuning on top of TRL's GRPOTrainer.
 
-from mrt.quiet import quiet_cpu_start
+Importing mrt (or any of its library modules) changes no global state: no warning or logging filter, no hook.
+The command line sets what it needs (`mrt.quiet.start_command`, called by `mrt.cli.main` and the scripts)."""
+
+from mrt.lazy import lazy_package
 
 __version__ = "0.1.0"
 
-quiet_cpu_start()  # before TRL and vLLM are imported through mrt: see mrt/quiet.py
-
-_LAZY = {
-    "MRTConfig": "mrt.config",
-    "MRTTrainer": "mrt.trainer",
-    "accuracy_reward": "mrt.rewards",
-    "make_accuracy_reward": "mrt.rewards",
-    "resolve_model": "mrt.models",
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    # Import heavy modules (torch, trl) only when a name is used.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mrt' has no attribute {name!r}")
+# Heavy modules (torch, trl) are imported only when a name is used.
+__all__, __getattr__ = lazy_package(__name__, {
+    "rl.config": ("MRTConfig",),
+    "rl.trainer": ("MRTTrainer",),
+    "rewards.accuracy": ("accuracy_reward", "make_accuracy_reward"),
+    "models": ("resolve_model",),
+})

@@ -10,7 +10,6 @@ command line. Benchmarks and tests build their trainers with `build_trainer` too
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import logging
 import os
@@ -24,14 +23,16 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from mrt.checks import check
-from mrt.config import MRTConfig
 from mrt.data import SYSTEM_PROMPT, load_problems
 from mrt.fields import EpisodeFields, ProverFields
 from mrt.models import resolve_model
+from mrt.quiet import start_command
+from mrt.rewards.registry import check_reward_names, load_reward_funcs, uses_default_reward
+from mrt.rl.config import MRTConfig
 from mrt.threads import set_cpu_threads
 
 if TYPE_CHECKING:  # the trainer (torch, TRL's trainer, vLLM) is imported only to train: --help stays fast
-    from mrt.trainer import MRTTrainer
+    from mrt.rl.trainer import MRTTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -71,70 +72,6 @@ class MRTScriptArguments(ScriptArguments):
 
     def __post_init__(self):
         check_reward_names(self.reward_funcs)
-
-
-# ---------------------------------------------------------------- rewards by name, as `trl grpo` names them
-
-
-def _trl_reward(name: str, **options):
-    def load(answer_column: str):
-        func = getattr(importlib.import_module("trl.rewards"), name)
-        return func(**options) if options else func
-
-    return load
-
-
-def _default_reward(answer_column: str):
-    from mrt.rewards import make_accuracy_reward
-
-    return make_accuracy_reward(answer_column)
-
-
-DEFAULT_REWARD = "mrt_accuracy"
-# trl/scripts/grpo.py's names (with its values for the overlong punishment), then MRT's default reward.
-REWARD_NAMES = {
-    "accuracy_reward": _trl_reward("accuracy_reward"),
-    "reasoning_accuracy_reward": _trl_reward("reasoning_accuracy_reward"),
-    "think_format_reward": _trl_reward("think_format_reward"),
-    "get_soft_overlong_punishment": _trl_reward("get_soft_overlong_punishment", max_completion_len=1280,
-                                                soft_punish_cache=256),
-    DEFAULT_REWARD: _default_reward,
-}
-
-
-def check_reward_names(names: list[str] | None) -> None:
-    """Each name is one `trl grpo` knows, MRT's default reward, or an import path (a '.' or ':' in it)."""
-    for name in names or []:
-        check(name in REWARD_NAMES or "." in name or ":" in name, "MRTScriptArguments", "reward_funcs",
-              names, f"names among {sorted(REWARD_NAMES)} or import paths 'package.module.function' / "
-              f"'package.module:function' (got {name!r})")
-
-
-def _import_reward(path: str):
-    module, sep, name = path.partition(":")
-    if not sep:
-        module, _, name = path.rpartition(".")
-    if os.getcwd() not in sys.path:  # a my_rewards.py in the working directory, as `trl grpo` allows
-        sys.path.insert(0, os.getcwd())
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"MRTScriptArguments.reward_funcs: cannot load {path!r} ({error}).") from error
-
-
-def load_reward_funcs(names: list[str] | None, answer_column: str = "answer") -> list | None:
-    """The reward functions `names` stand for: names `trl grpo` knows, 'mrt_accuracy' (the default reward on
-    `answer_column`), or import paths 'package.module.function' / 'package.module:function', looked up from
-    the working directory too. None (or []) stays None: the trainer's default reward."""
-    if not names:
-        return None
-    check_reward_names(names)
-    return [REWARD_NAMES[n](answer_column) if n in REWARD_NAMES else _import_reward(n) for n in names]
-
-
-def uses_default_reward(names: list[str] | None) -> bool:
-    """Whether the rewards named include MRT's default reward (which reads the gold in answer_column)."""
-    return not names or DEFAULT_REWARD in names
 
 
 # ---------------------------------------------------------------- parser
@@ -212,7 +149,7 @@ def quantization_config(model_args: ModelConfig, training_args: MRTConfig):
 def build_trainer(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig) -> MRTTrainer:
     """The trainer a config describes: model alias resolved, datasets loaded (the gold answer column is
     required only by the default reward), rewards by name or path, quantization and PEFT if asked."""
-    from mrt.trainer import MRTTrainer
+    from mrt.rl.trainer import MRTTrainer
 
     quantization = quantization_config(model_args, training_args)
     model = resolve_model(model_args.model_name_or_path)
@@ -286,8 +223,9 @@ def resume_target(value: str | bool | None, output_dir: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry (`mrt-train`): parse argv (default sys.argv[1:]) and train. Returns None: the console script
-    passes the return value to sys.exit."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    passes the return value to sys.exit. The command's start (quiet CPU start, INFO logging) is set here, before
+    TRL's trainer is imported, and never by importing this module."""
+    start_command()
     script_args, training_args, model_args = parser().parse_args_and_config(args=argv)
     import torch
 

@@ -1,12 +1,25 @@
-"""Datasets: chat prompts with a gold answer, column mapping, and the built-in arithmetic task."""
+"""Datasets: chat prompts with a gold answer, column mapping, the built-in arithmetic task and reasoning-gym tasks.
 
+A dataset name `reasoning_gym:<task>` or `reasoning_gym:<task>?<option>=<value>&...` (one string, so it fits the
+`dataset_name` field of a YAML recipe) names a task of the `reasoning-gym` package and options of its config
+dataclass, e.g. `reasoning_gym:chain_sum?min_terms=3&max_terms=4&min_digits=2&max_digits=2`. Values are read as YAML
+scalars (3 -> int, 0.5 -> float, true -> bool, else text). `seed` and `size` are not options: the loader's arguments
+set them.
+"""
+
+import difflib
+import json
 import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import datasets
+import yaml
 from datasets import Dataset, IterableDataset
+
+from mrt.tokens import is_conversation
 
 SYSTEM_PROMPT = (
     "You are a careful math assistant. Reason step by step, then give the final answer "
@@ -120,10 +133,6 @@ def _read(source: str, split: str, dataset_config: str | None, streaming: bool):
     return datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train", **options)
 
 
-def _is_conversation(value) -> bool:
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value)
-
-
 def _pick(present, column: str) -> str:
     """`column`, or TRL's name for it when `column` is a default name the dataset lacks (TRL's convention)."""
     trl_name = TRL_COLUMNS.get(column)
@@ -144,7 +153,7 @@ def load_problems(source: str, split: str = "train", problem_column: str = "prob
 
     source: "arithmetic" or "arithmetic:<difficulty>" (built in; splits other than "train" use other
     problems), "reasoning_gym:<task>?<option>=<value>&..." (a reasoning-gym task, see
-    `mrt.testbed.reasoning_gym`), a local .json/.jsonl/.parquet file or a folder of them (files named after `split` are
+    `load_spec`), a local .json/.jsonl/.parquet file or a folder of them (files named after `split` are
     preferred), or else a hub dataset passed to `datasets.load_dataset(source, split=split)`.
     dataset_config: the subset (`load_dataset`'s `name`) of a hub dataset or of a local folder that declares
     configs in its README.md. streaming: an IterableDataset (TRL trains on one when max_steps is set).
@@ -161,8 +170,6 @@ def load_problems(source: str, split: str = "train", problem_column: str = "prob
         raise ValueError(f"dataset_config = {dataset_config!r} is invalid for the built-in {source!r}: expected "
                          "None (options go in the name: 'arithmetic:2', 'reasoning_gym:chain_sum?min_terms=3')")
     if source.startswith("reasoning_gym:"):
-        from mrt.testbed.reasoning_gym import load_spec  # the `reasoning` extra
-
         dataset = load_spec(source, 256 if num_problems is None else num_problems, seed, split, system_prompt)
         num_problems = None
         if streaming:
@@ -187,7 +194,7 @@ def load_problems(source: str, split: str = "train", problem_column: str = "prob
                     what=f"dataset {source!r}")
 
     def prompt(value) -> list[dict]:
-        return value if _is_conversation(value) else format_prompt(str(value), system_prompt)
+        return value if is_conversation(value) else format_prompt(str(value), system_prompt)
 
     if isinstance(dataset, IterableDataset):  # rows are mapped as they stream, with no column types to keep
         if num_problems is not None:
@@ -208,3 +215,89 @@ def load_problems(source: str, split: str = "train", problem_column: str = "prob
         dataset = dataset.add_column("_mrt_answer", [_gold(a) for a in dataset[answer_column]])
     dataset = dataset.remove_columns([c for c in names.values() if c in present])
     return dataset.rename_columns(names)
+
+
+# ---------------------------------------------------------------- reasoning-gym tasks (the `reasoning` extra)
+
+PREFIX = "reasoning_gym:"
+# The testbed's task: chain sums of 3-4 two-digit terms (a 135M model needs several steps for them).
+DEFAULT_SPEC = "reasoning_gym:chain_sum?min_terms=3&max_terms=4&min_digits=2&max_digits=2"
+COLUMNS = ("prompt", "problem", "answer", "task", "metadata")
+_RESERVED = ("seed", "size", "system_prompt")  # set by the loader's own arguments
+
+
+def is_spec(dataset_name: str) -> bool:
+    """Whether a dataset name names a reasoning-gym task."""
+    return isinstance(dataset_name, str) and dataset_name.startswith(PREFIX)
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """`reasoning_gym:<task>?<option>=<value>&...` -> (task, options). ValueError, saying what is wrong, when
+    the string is not of that form; the task and its options are checked when the task is loaded."""
+    form = f"expected '{PREFIX}<task>[?name=value&...]'"
+    if not is_spec(spec):
+        raise ValueError(f"dataset name {spec!r} is not a reasoning-gym spec: {form}")
+    task, _, query = spec[len(PREFIX):].partition("?")
+    if not task.strip() or task != task.strip():
+        raise ValueError(f"dataset name {spec!r} has no task: {form}")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ValueError(f"dataset name {spec!r}: options must be 'name=value' joined by '&'") from None
+    options = {}
+    for name, value in pairs:
+        if not name or not value:
+            raise ValueError(f"dataset name {spec!r}: option {name or '?'!r} has no name or no value")
+        if name in options:
+            raise ValueError(f"dataset name {spec!r}: option {name!r} is given twice")
+        if name in _RESERVED:
+            raise ValueError(f"dataset name {spec!r}: {name!r} is not an option: the loader sets it")
+        options[name] = yaml.safe_load(value)
+    return task, options
+
+
+def _create(task: str, size: int, seed: int, options: dict):
+    """reasoning-gym's dataset object; a wrong task name or option is raised as a ValueError."""
+    from reasoning_gym.factory import DATASETS, create_dataset
+
+    if task not in DATASETS:
+        close = difflib.get_close_matches(task, DATASETS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (see reasoning_gym.factory.DATASETS)"
+        raise ValueError(f"reasoning-gym has no task {task!r}{hint}")
+    fields = DATASETS[task][1].__dataclass_fields__
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        known = sorted(set(fields) - set(_RESERVED))
+        raise ValueError(f"reasoning-gym task {task!r} has no option {', '.join(unknown)}; "
+                         f"its options: {known}")
+    try:
+        return create_dataset(task, size=size, seed=seed, **options)
+    except (AssertionError, TypeError, ValueError) as error:  # its configs check themselves with assert
+        reason = str(error) or type(error).__name__
+        raise ValueError(f"reasoning-gym task {task!r} rejects options {options}: {reason}") from error
+
+
+def load_task(task: str, size: int, seed: int, system_prompt: str | None = SYSTEM_PROMPT,
+              **options) -> Dataset:
+    """`size` problems of a reasoning-gym task, generated with reasoning-gym's `seed`: the same seed gives the
+    same problems. reasoning-gym draws problem i from `random.Random(seed + i)`, so seeds s and s + 1 share
+    all problems but one: use seeds far apart for other problems.
+
+    Columns: "prompt" (conversational: the system prompt, then the question), "problem" (the question),
+    "answer" (gold), "task", and "metadata" (the entry's metadata as JSON, for the task's scorer)."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    generator = _create(task, size, seed, options)
+    rows = [{"prompt": format_prompt(entry["question"], system_prompt), "problem": entry["question"],
+             "answer": str(entry["answer"]), "task": task, "metadata": json.dumps(entry["metadata"])}
+            for entry in generator]
+    return Dataset.from_list(rows)
+
+
+def load_spec(spec: str, size: int, seed: int = 0, split: str = "train",
+              system_prompt: str | None = SYSTEM_PROMPT) -> Dataset:
+    """The dataset a `reasoning_gym:<task>?...` name stands for (see `parse_spec` and `load_task`). As for the
+    built-in arithmetic task (`mrt.data.load_problems`), splits other than "train" draw other problems."""
+    task, options = parse_spec(spec)
+    split_seed = seed if split == "train" else seed + _TEST_SEED_OFFSET
+    return load_task(task, size, split_seed, system_prompt=system_prompt, **options)

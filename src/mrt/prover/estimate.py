@@ -7,9 +7,9 @@ parts (a prover backend, the tokenizer, the episode rules, the suffix, the rewar
 import math
 from dataclasses import dataclass, field
 
-from mrt.config import ESTIMATORS
 from mrt.episodes import EpisodeRules, prefix_lengths, split_completion
 from mrt.prover.base import Prover
+from mrt.prover.presets import ESTIMATORS
 from mrt.prover.requests import ProverRequests, Suffix, build_requests
 from mrt.prover.scoring import RewardScorer, sample_success
 

@@ -7,7 +7,7 @@ builds its prompts here, so the joining rule and the suffix are the same everywh
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mrt.fields import SUFFIX_PRESETS
+from mrt.prover.presets import SUFFIX_PRESETS
 
 PARAGRAPH_BREAK = "\n\n"
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from mrt.prover.base import max_over_ranks
-from mrt.rewards import PROVER_PREFIX, PROVER_SUFFIX, last_box
+from mrt.rewards.accuracy import PROVER_PREFIX, PROVER_SUFFIX, last_box
+from mrt.rewards.combine import weighted_sum
 
 CHUNK = 64  # sequences per reward-model forward pass
 
@@ -92,10 +93,8 @@ class RewardScorer:
 
     def combine(self, per_function: torch.Tensor) -> list[float | None]:
         """Weighted sum over the selected functions that returned a value (N, F) -> N; None where none did."""
-        part = per_function[:, self.selected].float().cpu()
-        weighted = (part * self.weights[self.selected]).nansum(dim=1)
-        missing = torch.isnan(part).all(dim=1)
-        return [None if m else float(v) for v, m in zip(weighted.tolist(), missing.tolist())]
+        total = weighted_sum(per_function[:, self.selected], self.weights[self.selected])
+        return [None if torch.isnan(v) else float(v) for v in total]
 
     def per_function(self, prompts: list, completions: list, completion_ids: list[list[int]], rows: list[dict],
                      **extra) -> torch.Tensor:

@@ -17,7 +17,10 @@ from urllib.parse import urlsplit
 import openai
 from openai import OpenAI
 
-from mrt.prover.base import check_answers, chunks, cut_at_eos, draw_seeds, eos_ids, own_generator
+from mrt.prover.base import check_answers, chunks, cut_at_eos, draw_seeds, own_generator
+from mrt.tokens import eos_ids
+
+API_KEY_VARIABLE = "MRT_PROVER_API_KEY"  # the key of a server started with `--api-key KEY`
 
 # Probe text whose token ids must be the same on both sides: words, digits, spaces, blank lines, unicode.
 PROBE = "Time is up.\n\nGiven 12 + 345 = 357, wait: \u00e9\u00e8 \u222b x dx, \\boxed{7}.  Hmm\n"
@@ -56,12 +59,19 @@ class ServerProver:
         self._check_tokenizer()
 
     @classmethod
+    def from_fields(cls, fields, tokenizer, seed: int = 0) -> "ServerProver":
+        """mu as the shared prover fields describe it (`mrt.fields.ProverFields`: training's MRTConfig, STaR's
+        STaRConfig): `prover_server_url`, `prover_model`, `prover_timeout`, `prover_max_retries`, and
+        `prover_batch_size` sequences per request. A server started with `--api-key KEY` wants it: set
+        MRT_PROVER_API_KEY (no key: any text will do)."""
+        return cls(fields.prover_server_url, tokenizer, model=fields.prover_model,
+                   timeout=fields.prover_timeout, max_retries=fields.prover_max_retries,
+                   requests_per_call=fields.prover_batch_size, api_key=os.environ.get(API_KEY_VARIABLE, "EMPTY"),
+                   seed=seed)
+
+    @classmethod
     def from_trainer(cls, trainer) -> "ServerProver":
-        args = trainer.args
-        # A server started with `--api-key KEY` wants it: MRT_PROVER_API_KEY (no key: any text will do).
-        return cls(args.prover_server_url, trainer._tokenizer, model=args.prover_model, timeout=args.prover_timeout,
-                   max_retries=args.prover_max_retries, requests_per_call=args.prover_batch_size,
-                   api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"), seed=args.seed)
+        return cls.from_fields(trainer.args, trainer._tokenizer, seed=trainer.args.seed)
 
     # ------------------------------------------------------------------ Prover protocol
 

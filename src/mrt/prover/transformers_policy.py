@@ -9,8 +9,8 @@ from transformers import DynamicCache, GenerationConfig, StoppingCriteria, Stopp
 from transformers.cache_utils import DynamicLayer
 from trl.models.utils import unwrap_model_for_generation
 
-from mrt.prover.base import (check_answers, cut_at_eos, draw_seeds, eos_ids, isolated_rng, max_over_ranks,
-                             own_generator)
+from mrt.prover.base import check_answers, cut_at_eos, draw_seeds, isolated_rng, max_over_ranks, own_generator
+from mrt.tokens import eos_ids
 
 
 class TransformersProver:
@@ -75,7 +75,7 @@ class TransformersProver:
             ):
                 yield model
 
-        return cls(model_context, trainer._tokenizer, {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id},
+        return cls(model_context, trainer._tokenizer, eos_ids(trainer._tokenizer, trainer.eos_token_ids),
                    trainer.generation_config, args.prover_batch_size, trainer.accelerator,
                    seed=args.seed + trainer.accelerator.process_index)  # each rank its own draws
 

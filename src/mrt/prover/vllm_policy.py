@@ -12,6 +12,7 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
 from mrt.prover.base import check_answers, cut_at_eos, draw_seeds, own_generator
+from mrt.tokens import eos_ids
 
 
 class VLLMPolicyProver:
@@ -44,7 +45,7 @@ class VLLMPolicyProver:
         engine, args = trainer.vllm_generation, trainer.args
         sampling = {"repetition_penalty": trainer.repetition_penalty, "top_p": trainer.top_p, "top_k": trainer.top_k,
                     "min_p": trainer.min_p or 0.0, **(args.generation_kwargs or {})}
-        eos = {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id}
+        eos = eos_ids(trainer._tokenizer, trainer.eos_token_ids)
         if args.vllm_mode == "server":
             return cls(eos, "server", client=engine.vllm_client, sampling=sampling, accelerator=trainer.accelerator,
                        seed=args.seed)

@@ -11,7 +11,6 @@ of a dataset, the store of the trainer's own last rollout per problem, and the a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from array import array
@@ -22,8 +21,10 @@ from pathlib import Path
 import torch
 
 from mrt.episodes import EpisodeRules, episode_ends, prefix_lengths, token_pieces
+from mrt.records import fingerprint, write_atomic
 
 SCALE_REWARDS = ("group", "batch", "none")
+PREFIX_SOURCES = ("rollouts", "dataset")  # the trainer's own last rollout of a problem, or a dataset column
 STORE_FILE = "mrt_prefixes.json"
 RANK_STORE_FILE = "mrt_prefixes_rank{rank}.json"  # one file per rank, as checkpoints before the shared file had
 _STD_EPS = 1e-4  # as GRPO: advantages are divided by std + 1e-4
@@ -34,8 +35,7 @@ _STD_EPS = 1e-4  # as GRPO: advantages are divided by std + 1e-4
 
 def problem_key(prompt) -> str:
     """A stable key for a problem's prompt (a string or a conversation): the same on every rank and every run."""
-    text = json.dumps(prompt, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]
+    return fingerprint(json.dumps(prompt, sort_keys=True, ensure_ascii=False, default=str), 20)
 
 
 def cut_rng(seed: int, key: str, step: int) -> random.Random:
@@ -227,12 +227,7 @@ class PrefixStore:
 
     def save(self, folder) -> Path:
         """Write the store into a checkpoint folder: one file, since the store is the same on every rank."""
-        path = self.path(folder)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.state_dict()))
-        tmp.replace(path)
-        return path
+        return write_atomic(self.path(folder), json.dumps(self.state_dict()))
 
     def load(self, folder, rank: int) -> bool:
         """Read the store from a checkpoint folder (this rank's own file in checkpoints written before the shared
@@ -352,8 +347,8 @@ def plan_branches(rows: Sequence[dict], tokenizer, rules: EpisodeRules, num_gene
                   budgets: Sequence[int | None] | None = None, offset: int = 0) -> list[Branch]:
     """The branch of each row of a generation batch (groups of `num_generations` consecutive rows; `offset` is
     the global index of the first row). The cut of a problem depends only on (seed, its key, step)."""
-    if source not in ("rollouts", "dataset"):
-        raise ValueError(f"prefix source must be 'rollouts' or 'dataset', got {source!r}")
+    if source not in PREFIX_SOURCES:
+        raise ValueError(f"prefix source must be one of {PREFIX_SOURCES}, got {source!r}")
     budgets = list(budgets) if budgets is not None else [None] * len(rows)
     terminating = terminating_mask(len(rows), num_generations, offset).tolist()
     cuts: dict[str, tuple[Cut, bool]] = {}

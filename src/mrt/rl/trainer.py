@@ -11,16 +11,20 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
-from trl.data_utils import is_conversational
+from trl.extras.profiling import profiling_context
 
-from mrt.branched_trainer import BranchedRollouts
-from mrt.config import MRTConfig
 from mrt.data import require_columns
 from mrt.episodes import resolve_thinking_tag
-from mrt.progress import episode_bonus, progress, regret, termination_advantages, token_advantages
+from mrt.progress import progress, regret
 from mrt.prover import ProgressEstimator, RewardScorer, TransformersProver, make_prover, make_suffix
-from mrt.rewards import make_accuracy_reward, with_eos_ids
+from mrt.prover.presets import answer_temperature
+from mrt.rewards.accuracy import make_accuracy_reward, with_eos_ids
+from mrt.rl.config import MRTConfig
+from mrt.rl.modes import mode_class
+from mrt.tokens import eos_ids
+from mrt.tokens import prompt_ids as prompt_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +56,14 @@ class ProgressRecord:
     advantages: torch.Tensor | None  # (B, T) what the loss sees
 
 
-class MRTTrainer(BranchedRollouts, GRPOTrainer):
+class MRTTrainer(GRPOTrainer):
     """[`~trl.GRPOTrainer`] with MRT's progress bonus; takes the same arguments, with an [`MRTConfig`].
 
     `reward_funcs` defaults to the math-verify accuracy reward on `args.answer_column`; whatever they are, they
     define success for the prover too (`args.progress_reward_funcs` picks some of them). Set `progress_enabled` to
-    False to generate and score batches as plain GRPO (e.g. to compare on the same batch).
+    False to generate and score batches as plain GRPO (e.g. to compare on the same batch). The form of MRT
+    (`args.progress_mode`) is `self.progress_mode`, a `mrt.rl.modes.ProgressMode` built once: every GRPO hook
+    below forwards to it.
     """
 
     _tag_names = ["trl", "grpo", "mrt"]
@@ -88,7 +94,7 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         # MRT's accuracy reward tells a finished completion from one cut at the token limit by the policy's EOS ids.
-        self.reward_funcs[:] = [with_eos_ids(f, [*self.eos_token_ids, self._tokenizer.pad_token_id])
+        self.reward_funcs[:] = [with_eos_ids(f, eos_ids(self._tokenizer, self.eos_token_ids))
                                 for f in self.reward_funcs]
 
         # The model card's base model: the name the caller gave (a hub id, an alias or a folder).
@@ -108,7 +114,7 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         if args.prover_estimator == "likelihood":
             _warn_long_answers(self.train_dataset, args.answer_column)
         self.add_callback(_ProverShare(self))
-        self._init_branched()  # progress_mode='branched': mrt.branched_trainer
+        self.progress_mode = mode_class(args.progress_mode)(self)  # the form (mrt.rl.modes), built once
 
     def _build_estimator(self) -> ProgressEstimator:
         args, tok = self.args, self._tokenizer
@@ -117,13 +123,37 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
             prover, tok, args.episode_rules(self.end_of_thinking_tag),
             make_suffix(tok, args.termination_suffix, self.end_of_thinking_tag), self.reward_scorer,
             num_samples=args.prover_num_samples, max_tokens=args.prover_token_budget,
-            temperature=args.prover_temperature or args.temperature, stop=args.prover_stop,
+            temperature=answer_temperature(args.prover_temperature, args.temperature), stop=args.prover_stop,
             estimator=args.prover_estimator, answer_format=args.prover_answer_format, answer_column=args.answer_column)
+
+    # ------------------------------------------------------------ GRPO's hooks, each forwarded to the form
+
+    def _tokenize_prompts(self, prompts):
+        return self.progress_mode.tokenize_prompts(*super()._tokenize_prompts(prompts))
+
+    def _generate(self, prompts):
+        out = super()._generate(prompts)
+        self.progress_mode.generated(out[1])
+        return out
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        return self.progress_mode.generate_single_turn(self._generate_policy, prompt_ids, *args, **kwargs)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # GRPO's rewards of the batch (gathered over ranks): J_H of every completion is its own reward.
-        self.batch_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self.batch_rewards = self.progress_mode.calculate_rewards(super()._calculate_rewards, inputs, prompts,
+                                                                  completions, completion_ids_list)
         return self.batch_rewards
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        self.progress_mode.save(os.path.join(self._get_output_dir(trial=trial),
+                                             f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self.progress_mode.load(checkpoint)
 
     def _prover_runs_now(self) -> bool:
         """Whether the prover runs on the batch being generated: a training batch, or an evaluation one with
@@ -132,9 +162,9 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         return (self.args.runs_prover and self.progress_enabled and not self._ids_only
                 and (self.model.training or self.args.prover_on_eval))
 
-    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
-        # The transformers prover reads each completion from the keys and values its generation computed
-        # (prover_reuse_generation_cache), and needs a generate that returns scores and caches.
+    def _generate_policy(self, prompt_ids, *args, **kwargs):
+        """GRPO's generation of one turn. The transformers prover reads each completion from the keys and values its generation computed
+        (prover_reuse_generation_cache), and needs a generate that returns scores and caches."""
         if not (self._prover_runs_now() and isinstance(self.progress_estimator.prover, TransformersProver)
                 and not self.use_vllm
                 and not getattr(self, "use_transformers_continuous_batching", False)
@@ -181,7 +211,7 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         self._generated, self._ids_only = [], False
         self.last_progress = None
         try:
-            output = self._score_with_progress(inputs)
+            output = self.progress_mode.generate_and_score(self._score_with_progress, inputs)
         finally:
             self._generated = []  # the generation caches are freed with the batch
         if self.log_completions:
@@ -194,33 +224,28 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
             return output
         start = time.perf_counter()
         mode = "train" if self.model.training else "eval"
-        args = self.args
         rewards = self.local_rewards(len(inputs))
         outcomes = self.reward_scorer.combine(rewards)
-        estimate, active = self.estimate_progress(output, inputs, outcomes)
+        with profiling_context(self, "estimate_progress"):
+            estimate, active = self.estimate_progress(output, inputs, outcomes)
 
         j_rows, ends = [[] for _ in inputs], [[] for _ in inputs]
         for k, i in enumerate(active):
             j_rows[i], ends[i] = estimate.j[k], estimate.ends[k]
         scorable = [bool(js) and all(v is not None for v in js) for js in j_rows]
         progress_rows = [progress(js)[:len(e)] if ok else [0.0] * len(e) for js, e, ok in zip(j_rows, ends, scorable)]
-        device = output["advantages"].device
         grpo = output["advantages"]
-        sequence = grpo
-        if args.progress_mode == "termination_baseline":
-            j0 = [js[0] if js else None for js in j_rows]
-            sequence = self.termination_sequence(outcomes, j0, mode).to(device)
-        bonus = episode_bonus(ends, progress_rows, output["completion_ids"].size(1))
-        self.last_progress = ProgressRecord(ends, j_rows, scorable, grpo, sequence, None)
-        output["advantages"] = self.last_progress.advantages = token_advantages(sequence, bonus.to(device),
-                                                                                args.alpha)
+        sequence, advantages = self.progress_mode.advantages(grpo, outcomes, j_rows, ends, progress_rows,
+                                                             output["completion_ids"].size(1), mode)
+        self.last_progress = ProgressRecord(ends, j_rows, scorable, grpo, sequence, advantages)
+        output["advantages"] = advantages
 
         seconds = time.perf_counter() - start
         if mode == "train":
             self._prover_seconds += seconds
         ok_rows = [(js, e, p) for js, e, p, ok in zip(j_rows, ends, progress_rows, scorable) if ok]
         episode_values = [v for _, _, p in ok_rows for v in p]
-        self._log_mrt(mode, means={
+        self.log_mrt(mode, means={
             "episodes": (sum(len(e) for e in estimate.ends), len(estimate.ends)),
             "J_0": (sum(js[0] for js, _, _ in ok_rows), len(ok_rows)),
             "J_final": (sum(js[-1] for js, _, _ in ok_rows), len(ok_rows)),
@@ -231,22 +256,6 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
             "prover_seconds": (seconds, 1),
         }, totals={**estimate.stats(), "unscorable": len(active) - sum(scorable[i] for i in active)})
         return output
-
-    def termination_sequence(self, outcomes: list[float | None], j0: list[float | None],
-                             mode: str) -> torch.Tensor:
-        """(B,) r - J_0, r and J_0 from the same reward functions (`progress_reward_funcs`). Where J_0 is
-        unknown the baseline is the mean r of the completion's group (GRPO's baseline, in the same reward
-        units, not divided by a std); 0 where r is unknown."""
-        nan = float("nan")
-        success = torch.tensor([nan if v is None else v
-                                for v in self.reward_scorer.combine(self.batch_rewards)])
-        G = self.num_generations if mode == "train" else self.num_generations_eval
-        start = self.accelerator.process_index * len(outcomes)
-        group_mean = success.view(-1, G).nanmean(dim=1).repeat_interleave(G)[start:start + len(outcomes)]
-        known = torch.tensor([nan if v is None else v for v in j0])
-        baseline = torch.where(torch.isnan(known), group_mean, known)
-        r = [nan if v is None else v for v in outcomes]
-        return torch.nan_to_num(termination_advantages(r, baseline.tolist()), nan=0.0)
 
     def local_rewards(self, batch_size: int) -> torch.Tensor:
         """(B, F) rewards of this rank's completions of the last batch (NaN where a function returned None)."""
@@ -272,7 +281,8 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
                                           pick(inputs), outcomes=pick(outcomes), reward_kwargs=state)
         return estimate, active
 
-    def _log_mrt(self, mode: str, means: dict[str, tuple[float, int]], totals: dict[str, float]) -> None:
+    def log_mrt(self, mode: str, means: dict[str, tuple[float, int]], totals: dict[str, float]) -> None:
+        """Log `mrt/` metrics over every rank: each of `means` is (sum, count), each of `totals` a sum."""
         names = sorted(means) + sorted(totals)
         local = [[float(means[n][0]), float(means[n][1])] for n in sorted(means)]
         local += [[float(totals[n]), 1.0] for n in sorted(totals)]
@@ -288,15 +298,8 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
         """Tokens of each prompt as GRPOTrainer tokenizes prompts: a conversation through the processing
         class's chat template with the assistant turn opened, TRL's `chat_template`, `tools` and
         `args.chat_template_kwargs`; a plain prompt through the processing class, special tokens included."""
-        if not prompts:
-            return []
-        if is_conversational({"prompt": prompts[0]}):
-            ids = self.processing_class.apply_chat_template(
-                conversation=prompts, tools=self.tools or None, chat_template=self.chat_template,
-                add_generation_prompt=True, tokenize=True, return_dict=True,
-                **self.chat_template_kwargs)["input_ids"]
-        else:
-            ids = self.processing_class(text=prompts)["input_ids"]
+        ids = prompt_token_ids(self.processing_class, prompts, chat_template=self.chat_template, tools=self.tools,
+                               chat_template_kwargs=self.chat_template_kwargs)
         return [len(row) for row in ids]
 
     def _drop_long_prompts(self, dataset, limit: int):
@@ -339,10 +342,8 @@ class MRTTrainer(BranchedRollouts, GRPOTrainer):
             lines.append(f"  prover mu: {backend}; estimator={args.prover_estimator}, "
                          f"{args.prover_num_samples} samples x {args.prover_token_budget} tokens, "
                          f"suffix={args.termination_suffix!r}; J from {j_funcs}")
-        elif args.progress_mode == "branched":
-            lines.append(f"  branched rollouts: prefixes from {args.prefix_source}; J-hat from the terminating half")
         else:
-            lines.append("  prover off (alpha = 0 with progress_mode='dense' is GRPO)")
+            lines.append(self.progress_mode.summary() or "  prover off (alpha = 0 with progress_mode='dense' is GRPO)")
         lines.append(f"  episodes: markers {list(args.episode_markers)[:3]}..., at most {args.max_episodes}, "
                      f"fallback={args.episode_fallback}, end-of-thinking tag={self.end_of_thinking_tag!r}")
         return "\n".join(lines)

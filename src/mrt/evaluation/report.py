@@ -6,15 +6,17 @@ import csv
 import json
 from pathlib import Path
 
+from mrt.records import write_atomic
+
 # CSV name -> (per-model table key, its columns); the efficiency table spans the models.
 TABLES = {
-    "accuracy_vs_budget": ("budget", "accuracy"),
+    "accuracy_vs_budget": ("budget", "accuracy", "answer_at_once"),  # budget 0: the answer-at-once shortcut
     "j_curve": ("tokens", "J"),
     "regret": ("cutoff", "regret"),
     "progress_per_episode": ("episode", "progress", "count"),
 }
-SUMMARY = ("num_problems", "num_completions", "unscorable", "accuracy", "finished", "mean_tokens", "mean_episodes",
-           "J_0")
+SUMMARY = ("num_problems", "num_completions", "unscorable", "accuracy", "mean_reward", "answered",
+           "accuracy_given_answered", "accuracy_at_0", "finished", "ended_early", "mean_tokens", "mean_episodes", "J_0")
 PLOTS = ("accuracy_vs_budget.png", "j_vs_tokens.png", "regret_vs_cutoff.png", "summary.png")
 
 
@@ -22,8 +24,7 @@ def write_report(results: dict, output_dir: str | Path) -> list[Path]:
     """results.json, the CSVs and the PNGs; returns the paths written."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "results.json"]
-    written[0].write_text(json.dumps(results, indent=2) + "\n")
+    written = [write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")]
     models = results["models"]
     for name, columns in TABLES.items():
         rows = [{"model": label, **{c: row.get(c) for c in columns}} for label, m in models.items() for row in m[name]]

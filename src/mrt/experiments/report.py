@@ -1,23 +1,26 @@
-"""The report of a comparison (mrt.compare): per arm, the mean and a bootstrap 95% interval over seeds and problems of
-accuracy at each budget, cumulative regret at each cutoff, tokens to reach the base model's best accuracy and mean
-completion length; training curves (mean and range over seeds); wall time. Pure functions, then the writers:
-results.json, results.csv, comparison.png, summary.md.
+"""The report of a comparison (mrt.experiments.compare): per arm, the mean and a bootstrap 95% interval over seeds and
+problems of accuracy at each budget, cumulative regret at each cutoff, tokens to reach the base model's best accuracy
+and mean completion length; training curves (mean and range over seeds); wall time; each arm against the reference
+arm on paired seeds and problems (mrt.experiments.paired); the code version of the units (one, unless mixing is
+allowed). Pure functions, then the writers: results.json, results.csv, comparison.png, summary.md.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from mrt.experiments.bootstrap import LEVEL, draws, interval, number, per_column_mean, unit_array
+from mrt.experiments.paired import paired_report
 from mrt.progress import regret_at, tokens_to_reach
+from mrt.records import write_atomic
 
 CURVES = ("reward", "mrt/regret", "completions/mean_length")
-LEVEL = 0.95
-_NEVER = 1e18  # stands for "never reaches the target" inside the bootstrap
 
 
 def _mean(values) -> float | None:
@@ -43,51 +46,14 @@ def per_problem(records: list[dict], budgets: list[int], cutoffs: list[int]) -> 
     return out
 
 
-def _array(units: list[dict], key: str) -> np.ndarray:
-    """(seeds, problems, k) array of one per-problem table; NaN for None."""
-    rows = [[v if isinstance(v, list) else [v] for v in u["per_problem"][key]] for u in units]
-    return np.array([[[math.nan if x is None else x for x in v] for v in r] for r in rows], dtype=float)
-
-
-def draws(num_seeds: int, num_problems: int, resamples: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Bootstrap resamples: seeds drawn with replacement, then problems drawn with replacement."""
-    rng = np.random.default_rng(seed)
-    return [(rng.integers(0, num_seeds, num_seeds), rng.integers(0, num_problems, num_problems))
-            for _ in range(resamples)]
-
-
-def _per_column_mean(values: np.ndarray) -> np.ndarray:
-    flat = values.reshape(-1, values.shape[-1])
-    with np.errstate(all="ignore"):
-        counts = (~np.isnan(flat)).sum(axis=0)
-        sums = np.nansum(flat, axis=0)
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def interval(values: np.ndarray, stat, resampled: list[tuple[np.ndarray, np.ndarray]], level: float = LEVEL):
-    """(point estimate, low, high) of `stat` (a function of a (seeds, problems, k) array that returns a vector)."""
-    point = np.asarray(stat(values), dtype=float)
-    stats = np.array([stat(values[s][:, p]) for s, p in resampled], dtype=float)
-    stats = np.where(np.isinf(stats), _NEVER, stats)  # "never reached" sorts last, and percentiles stay finite
-    tail = (1 - level) / 2 * 100
-    with np.errstate(all="ignore"):
-        low = np.nanpercentile(stats, tail, axis=0) if stats.size else np.full(point.shape, np.nan)
-        high = np.nanpercentile(stats, 100 - tail, axis=0) if stats.size else np.full(point.shape, np.nan)
-    return point, np.where(low >= _NEVER / 2, math.inf, low), np.where(high >= _NEVER / 2, math.inf, high)
-
-
-def _num(x) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else round(float(x), 6)
-
-
 def _stat_rows(key: str, xs: list, point, low, high, n: int) -> list[dict]:
-    return [{key: x, "mean": _num(m), "low": _num(lo), "high": _num(hi), "n_seeds": n}
+    return [{key: x, "mean": number(m), "low": number(lo), "high": number(hi), "n_seeds": n}
             for x, m, lo, hi in zip(xs, point, low, high)]
 
 
 def _tokens_to(budgets: list[int], target: float | None):
     def stat(values):
-        curve = _per_column_mean(values)
+        curve = per_column_mean(values)
         if target is None or np.isnan(curve).any():
             return np.array([math.nan])
         reached = tokens_to_reach(budgets, list(curve), target)
@@ -121,32 +87,60 @@ def arm_stats(units: list[dict], budgets: list[int], target: float | None, resam
                               "eval_mean": _mean(u.get("seconds_eval") for u in units),
                               "total": sum(u.get("seconds_total") or 0 for u in units)},
              "weight_change": _mean(u.get("weight_change") for u in units),
-             "hardware": sorted({u.get("hardware") for u in units if u.get("hardware")})}
+             "hardware": sorted({u.get("hardware") for u in units if u.get("hardware")}),
+             "code_versions": sorted({version_label(u) for u in units})}
     if not evaluated:
         return stats
     cutoffs = evaluated[0]["per_problem"]["cutoffs"]
-    accuracy, regret = _array(evaluated, "accuracy"), _array(evaluated, "regret")
-    tokens, outcome = _array(evaluated, "tokens"), _array(evaluated, "outcome")
+    accuracy, regret = unit_array(evaluated, "accuracy"), unit_array(evaluated, "regret")
+    tokens, outcome = unit_array(evaluated, "tokens"), unit_array(evaluated, "outcome")
     resampled = draws(len(evaluated), accuracy.shape[1], resamples, seed)
     n = len(evaluated)
-    stats["accuracy"] = _stat_rows("budget", budgets, *interval(accuracy, _per_column_mean, resampled), n)
-    stats["regret"] = _stat_rows("cutoff", cutoffs, *interval(regret, _per_column_mean, resampled), n)
-    stats["mean_length"] = _stat_rows("what", ["tokens"], *interval(tokens, _per_column_mean, resampled), n)[0]
-    stats["final_accuracy"] = _stat_rows("what", ["outcome"], *interval(outcome, _per_column_mean, resampled), n)[0]
+    stats["accuracy"] = _stat_rows("budget", budgets, *interval(accuracy, per_column_mean, resampled), n)
+    stats["regret"] = _stat_rows("cutoff", cutoffs, *interval(regret, per_column_mean, resampled), n)
+    stats["mean_length"] = _stat_rows("what", ["tokens"], *interval(tokens, per_column_mean, resampled), n)[0]
+    stats["final_accuracy"] = _stat_rows("what", ["outcome"], *interval(outcome, per_column_mean, resampled), n)[0]
     point, low, high = interval(accuracy, _tokens_to(budgets, target), resampled)
     stats["tokens_to_base_best"] = {"target": target, "never": bool(np.isinf(point[0])),
                                     **_stat_rows("what", ["tokens"], point, low, high, n)[0]}
     return stats
 
 
+def version_label(unit: dict) -> str:
+    """The code version a unit ran on, as the report names it: the commit's first 12 digits, '+dirty' when the
+    library had uncommitted changes, 'unknown' when the unit recorded none (outside git, or an older unit)."""
+    version = unit.get("code_version")
+    if not version or not version.get("commit"):
+        return "unknown"
+    return version["commit"][:12] + ("+dirty" if version.get("dirty") else "")
+
+
+def code_versions(units: list[dict], allow_mixed: bool = False) -> dict[str, list[str]]:
+    """The units of each code version; more than one version is an error unless `allow_mixed`: numbers from two
+    versions of the code are not comparable (the evaluation's draws and the prover change with it)."""
+    versions: dict[str, list[str]] = {}
+    for u in units:
+        versions.setdefault(version_label(u), []).append(u.get("unit") or f"{u['arm']}-seed{u['seed']}")
+    if len(versions) > 1 and not allow_mixed:
+        listed = "; ".join(f"{v}: {', '.join(names)}" for v, names in sorted(versions.items()))
+        raise ValueError(f"The units come from {len(versions)} code versions ({listed}). Re-run the units of the "
+                         "other versions on one version (delete their files), or set allow_mixed_versions: true to "
+                         "report them anyway, with the version on each row.")
+    return versions
+
+
 def build_report(name: str, units: list[dict], arms: list[str], budgets: list[int], training_budget: int,
-                 resamples: int = 1000, seed: int = 0) -> dict:
-    """The whole report from the finished units: the base model first, then the arms in config order."""
+                 resamples: int = 1000, seed: int = 0, reference: str | None = "grpo",
+                 allow_mixed_versions: bool = False) -> dict:
+    """The whole report from the finished units: the base model first, then the arms in config order; each arm
+    against `reference` on paired seeds and problems (mrt.experiments.paired); the code versions of the units
+    (one, unless `allow_mixed_versions`)."""
+    versions = code_versions(units, allow_mixed_versions)
     groups = {arm: [u for u in units if u["arm"] == arm] for arm in ["base", *arms]}
     base = groups["base"][0] if groups["base"] else None
     best = target = None
     if base is not None and "per_problem" in base:
-        curve = _per_column_mean(_array([base], "accuracy"))
+        curve = per_column_mean(unit_array([base], "accuracy"))
         best = None if np.isnan(curve).all() else float(np.nanmax(curve))
         target = best if best else None  # a base that never answers right sets no target
     return {"name": name, "training_budget": training_budget, "budgets": budgets,
@@ -154,7 +148,9 @@ def build_report(name: str, units: list[dict], arms: list[str], budgets: list[in
             "target_accuracy": target,
             "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL,
                           "over": "seeds, then problems, with replacement"},
-            "arms": {arm: arm_stats(us, budgets, target, resamples, seed) for arm, us in groups.items() if us}}
+            "code_versions": versions, "mixed_versions": len(versions) > 1,
+            "arms": {arm: arm_stats(us, budgets, target, resamples, seed) for arm, us in groups.items() if us},
+            "paired": paired_report(groups, reference, budgets, resamples, seed) if reference else None}
 
 
 # ---------------------------------------------------------------- tables
@@ -175,11 +171,14 @@ def _fmt(row: dict | None, digits: int = 3) -> str:
 
 def markdown_table(report: dict) -> str:
     """One row per arm: accuracy at each budget (0: forced to answer right after the prompt), regret at the largest
-    cutoff, tokens to the base's best accuracy, mean completion length, wall time; mean [95% interval]."""
+    cutoff, tokens to the base's best accuracy, mean completion length, wall time; mean [95% interval]; the code
+    version of the arm's units when the report mixes versions."""
     budgets = report["budgets"]
     base = report["training_budget"]
+    mixed = report.get("mixed_versions", False)
     head = (["arm", "seeds"] + [f"acc@{b / base:g}x ({b})" if b else "acc@0 (answer at once)" for b in budgets]
-            + [f"regret@{budgets[-1]}", "tokens to base best", "mean length", "train s/unit", "wall s (all)"])
+            + [f"regret@{budgets[-1]}", "tokens to base best", "mean length", "train s/unit", "wall s (all)"]
+            + (["code"] if mixed else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, s in report["arms"].items():
         acc = {r["budget"]: r for r in s.get("accuracy", [])}
@@ -189,12 +188,59 @@ def markdown_table(report: dict) -> str:
         cells += [_fmt(regret[-1] if regret else None), _fmt(s.get("tokens_to_base_best"), 1),
                   _fmt(s.get("mean_length"), 1),
                   "n/a" if wall["train_mean"] is None else f"{wall['train_mean']:.0f}", f"{wall['total']:.0f}"]
+        cells += [", ".join(s.get("code_versions", []))] if mixed else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
+def _fmt_p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.3g}"
+
+
+def paired_table(report: dict) -> str:
+    """One row per arm and budget: the accuracy difference to the reference arm (arm - reference) with its
+    bootstrap interval over paired seeds and problems, the t interval over the seeds' differences, the difference
+    on each seed, and the sign count over seeds (wins/losses/ties) with its two-sided p. Empty without a reference."""
+    paired = report.get("paired")
+    if not paired or not paired["arms"]:
+        return ""
+    ref, base = paired["reference"], report["training_budget"]
+    head = ["arm", "budget", "seeds", f"acc - {ref} [bootstrap 95%]", "t 95% (seeds)", "by seed", "sign +/-/=",
+            "sign p"]
+    lines = [f"Paired against {ref}: same seeds (same training problems), same held-out problems.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, stats in paired["arms"].items():
+        for r in stats["accuracy"]:
+            budget = f"{r['budget'] / base:g}x ({r['budget']})" if r["budget"] else "0"
+            low, high = _signed(r["low"]), _signed(r["high"])
+            t = "n/a" if r["t_low"] is None else f"[{_signed(r['t_low'])}, {_signed(r['t_high'])}]"
+            seeds = ", ".join(f"{s}: {_signed(d)}" for s, d in r["by_seed"].items())
+            lines.append(f"| {arm} | {budget} | {r['n_seeds']} | {_signed(r['mean'])} [{low}, {high}] | {t} | "
+                         f"{seeds} | {r['positive']}/{r['negative']}/{r['ties']} | {_fmt_p(r['sign_p'])} |")
+    return "\n".join(lines)
+
+
+def markdown_report(report: dict) -> str:
+    """summary.md: the code versions of the units, the per-arm table, then the paired table."""
+    versions = report.get("code_versions") or {}
+    named = ", ".join(f"{v} ({len(units)} units)" for v, units in sorted(versions.items()))
+    line = ("Code versions (mixed; allowed by allow_mixed_versions): " if report.get("mixed_versions")
+            else "Code version: ") + (named or "none")
+    parts = [f"# {report['name']}", line, markdown_table(report), paired_table(report)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+CSV_FIELDS = ["arm", "metric", "x", "mean", "low", "high", "n_seeds", "code_versions", "reference", "t_low", "t_high",
+              "positive", "negative", "ties", "sign_p"]
+
+
 def csv_rows(report: dict) -> list[dict]:
-    """Long format: arm, metric, x, mean, low, high, n_seeds."""
+    """Long format: arm, metric, x, mean, low, high, n_seeds, the arm's code versions; then the paired differences
+    (metric diff_accuracy or diff_regret, against `reference`) with their t interval and sign count."""
     rows = []
     for arm, s in report["arms"].items():
         for metric, key in (("accuracy", "budget"), ("regret", "cutoff")):
@@ -209,6 +255,13 @@ def csv_rows(report: dict) -> list[dict]:
         wall = s["wall_seconds"]
         rows.append({"arm": arm, "metric": "wall_seconds_total", "x": "", "mean": wall["total"], "low": None,
                      "high": None, "n_seeds": len(s["seeds"])})
+        for row in rows:
+            row.setdefault("code_versions", " ".join(s.get("code_versions", [])))
+    paired = report.get("paired") or {"arms": {}}
+    for arm, stats in paired["arms"].items():
+        for metric, key in (("accuracy", "budget"), ("regret", "cutoff")):
+            rows += [{"arm": arm, "metric": f"diff_{metric}", "x": r[key], "reference": paired["reference"],
+                      **{k: r[k] for k in CSV_FIELDS if k in r}} for r in stats[metric]]
     return rows
 
 
@@ -219,12 +272,13 @@ def write_report(report: dict, output_dir: str | Path) -> list[Path]:
     """results.json, results.csv, comparison.png and summary.md in output_dir; returns the paths."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["arm", "metric", "x", "mean", "low", "high", "n_seeds"])
-        writer.writeheader()
-        writer.writerows(csv_rows(report))
-    (out / "summary.md").write_text(f"# {report['name']}\n\n{markdown_table(report)}\n")
+    write_atomic(out / "results.json", json.dumps(report, indent=1) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(csv_rows(report))
+    write_atomic(out / "results.csv", table.getvalue())
+    write_atomic(out / "summary.md", markdown_report(report))
     write_plot(report, out / "comparison.png")
     return [out / n for n in ("results.json", "results.csv", "summary.md", "comparison.png")]
 

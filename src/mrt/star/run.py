@@ -6,7 +6,7 @@ One iteration, in `output_dir/iter-<k>/`:
                to traces-rank<r>.jsonl at once, so a killed run resumes where it stopped;
     score      episodes (the trainer's rules), J_j for every prefix from one de-duplicated prover call per batch
                (`mrt.prover.ProgressEstimator`), J_H = the trace's own reward; appended to scores-rank<r>.jsonl;
-    select     `mrt.star_select` (pure), written to selected.jsonl, with summary.json;
+    select     `mrt.star.select` (pure), written to selected.jsonl, with summary.json;
     train      SFTTrainer on the selected traces (prompt ids + completion ids, loss on the completion only).
 `iterations: N` repeats this from the newly trained model. Under `accelerate launch` the batches are shared out over
 the ranks (batch b on rank b % world); every rank reads every rank's records, so all select the same data.
@@ -15,7 +15,6 @@ the ranks (batch b on rank b % world); every rank reads every rank's records, so
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import time
@@ -28,7 +27,10 @@ from mrt.checks import check
 from mrt.data import SYSTEM_PROMPT
 from mrt.fields import EpisodeFields, ProverFields
 from mrt.generation import BACKENDS
-from mrt.star_select import SELECTIONS
+from mrt.records import append_jsonl, read_jsonl, read_records, write_atomic
+from mrt.records import fingerprint as settings_fingerprint
+from mrt.star.select import SELECTIONS
+from mrt.tokens import eos_ids
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class STaRConfig(SFTConfig, EpisodeFields, ProverFields):
             names += [f.name for f in (*fields(EpisodeFields), *fields(ProverFields))]
         keep = {n: getattr(self, n) for n in sorted(set(names))}
         keep.update(model=model, iteration=iteration, part=part)
-        return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return settings_fingerprint(keep)
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:
@@ -141,7 +143,7 @@ def load_star_problems(config: STaRConfig, check_gold: bool = True) -> Problems:
     """The dataset rows; with `check_gold` (the default reward), problems whose gold math-verify cannot parse are
     skipped and counted."""
     from mrt.data import load_problems
-    from mrt.rewards import parse_gold
+    from mrt.rewards.accuracy import parse_gold
 
     dataset = load_problems(config.dataset_name, split=config.dataset_train_split,
                             problem_column=config.problem_column, answer_column=config.answer_column,
@@ -165,21 +167,19 @@ def _state():
     return PartialState()
 
 
-def load_part(folder: Path, part: str, fingerprint: str) -> dict[int, dict]:
-    """Every rank's finished records of one part ('traces' or 'scores'), by problem index. Once every rank has
-    stopped writing, the main process drops any last line cut short by a kill; then every rank reads all files, and
-    no rank writes again before all have read."""
-    from mrt.evaluation import load_records
-
+def load_part(folder: Path, part: str, expected: str) -> dict[int, dict]:
+    """Every rank's finished records of one part ('traces' or 'scores'), by problem index; records made with other
+    settings (another fingerprint) are an error. Once every rank has stopped writing, the main process drops any
+    last line cut short by a kill; then every rank reads all files, and no rank writes again before all have read."""
     state = _state()
     state.wait_for_everyone()
     if state.is_main_process:
         for path in sorted(folder.glob(f"{part}-rank*.jsonl")):
-            load_records(path, fingerprint)
+            read_jsonl(path)
     state.wait_for_everyone()
     records: dict[int, dict] = {}
     for path in sorted(folder.glob(f"{part}-rank*.jsonl")):
-        records.update(load_records(path, fingerprint))
+        records.update(read_records(path, expected))
     state.wait_for_everyone()
     return records
 
@@ -200,14 +200,14 @@ def _bar(desc: str, mine, done, progress_bar: bool):
 # ---------------------------------------------------------------- generate
 
 
-def generate_traces(config: STaRConfig, generator, problems: Problems, folder: Path, fingerprint: str, seed: int,
+def generate_traces(config: STaRConfig, generator, problems: Problems, folder: Path, expected: str, seed: int,
                     progress_bar: bool = True, stop_after: int | None = None) -> dict[int, dict]:
     """K traces per usable problem, appended per problem to `folder/traces-rank<r>.jsonl` as each batch finishes;
     problems already there are not generated again. `stop_after`: return after writing that many problems (the rest
     is done by the next call). Returns every rank's records by problem index."""
-    from mrt.evaluation import append_record, prompt_ids
+    from mrt.tokens import prompt_ids
 
-    done = load_part(folder, "traces", fingerprint)
+    done = load_part(folder, "traces", expected)
     for i, record in done.items():
         if i >= len(problems.rows) or record["problem"] != problems.rows[i][config.problem_column]:
             raise ValueError(f"{folder}: the records of problem {i} belong to another dataset; use another "
@@ -220,34 +220,34 @@ def generate_traces(config: STaRConfig, generator, problems: Problems, folder: P
             continue
         if stop_after is not None and written >= stop_after:
             break
-        prompts = [prompt_ids(generator.tokenizer, problems.rows[i]["prompt"]) for i in batch]
+        prompts = prompt_ids(generator.tokenizer, [problems.rows[i]["prompt"] for i in batch])
         samples = generator.generate(prompts, config.num_generations, config.max_completion_length,
                                      config.temperature, None, seed + k)
         for i, ids, group in zip(batch, prompts, samples, strict=True):
             if i in done or (stop_after is not None and written >= stop_after):
                 continue
-            done[i] = {"fingerprint": fingerprint, "index": i, "problem": problems.rows[i][config.problem_column],
+            done[i] = {"fingerprint": expected, "index": i, "problem": problems.rows[i][config.problem_column],
                        "prompt_ids": ids,
                        "traces": [{"ids": s.ids, "text": s.text, "finished": s.finished} for s in group]}
-            append_record(path, done[i])
+            append_jsonl(path, done[i])
             written += 1
             bar.update(1)
     bar.close()
-    return load_part(folder, "traces", fingerprint)
+    return load_part(folder, "traces", expected)
 
 
 # ---------------------------------------------------------------- score
 
 
 def score_traces(config: STaRConfig, estimator, scorer, problems: Problems, traces: dict[int, dict], folder: Path,
-                 fingerprint: str, seed: int, progress_bar: bool = True) -> dict[int, dict]:
+                 expected: str, seed: int, progress_bar: bool = True) -> dict[int, dict]:
     """J curve of every trace: J_0..J_{H-1} from mu (one `estimator.estimate` call per batch), J_H = the trace's own
     reward from `scorer`; per prefix, one of mu's best answers (what a cut trace ends with). Appended per problem to
     `folder/scores-rank<r>.jsonl`. Returns every rank's records by problem index."""
-    from mrt.evaluation import append_record
     from mrt.prover import as_completion
 
-    done = load_part(folder, "scores", fingerprint)
+    done = load_part(folder, "scores", expected)
+    ends = eos_ids(estimator.tokenizer)
     path = folder / f"scores-rank{_state().process_index}.jsonl"
     mine = _my_batches(config, problems)
     bar = _bar("score", mine, done, progress_bar)
@@ -262,7 +262,7 @@ def score_traces(config: STaRConfig, estimator, scorer, problems: Problems, trac
         completion_ids = [traces[i]["traces"][t]["ids"] for i, t in owners]
         completions = [as_completion(traces[i]["traces"][t]["text"], isinstance(p, list))
                        for (i, t), p in zip(owners, prompts)]
-        generated = [_with_eos(ids, traces[i]["traces"][t]["finished"], estimator.tokenizer.eos_token_id)
+        generated = [_with_eos(ids, traces[i]["traces"][t]["finished"], estimator.tokenizer.eos_token_id, ends)
                      for ids, (i, t) in zip(completion_ids, owners)]
         outcomes = scorer(prompts, completions, generated, rows)
         estimate = estimator.estimate(prompt_ids, completion_ids, prompts, rows, outcomes=outcomes, seed=seed + k)
@@ -274,17 +274,18 @@ def score_traces(config: STaRConfig, estimator, scorer, problems: Problems, trac
                 "j_tokens": [*estimate.lengths[n], len(completion_ids[n])], "j_values": estimate.j[n],
                 "answer_scores": [s for _, s in best], "answers": [a for a, _ in best]})
         for i in todo:
-            done[i] = {"fingerprint": fingerprint, "index": i, "traces": scored[i]}
-            append_record(path, done[i])
+            done[i] = {"fingerprint": expected, "index": i, "traces": scored[i]}
+            append_jsonl(path, done[i])
             bar.update(1)
     bar.close()
-    return load_part(folder, "scores", fingerprint)
+    return load_part(folder, "scores", expected)
 
 
-def _with_eos(ids: list[int], finished: bool, eos_id: int | None) -> list[int]:
+def _with_eos(ids: list[int], finished: bool, eos_id: int | None, ends: set[int] | None = None) -> list[int]:
     """A trace's ids as GRPOTrainer gives completions to reward functions: ending in EOS when the model ended it (the
-    default reward tells a finished trace from one cut at the token limit by that)."""
-    ids = _strip_eos(ids, eos_id)
+    default reward tells a finished trace from one cut at the token limit by that). `ends`: the ids that end a
+    sample (`mrt.tokens.eos_ids`; default: `eos_id` alone), stripped first."""
+    ids = _strip_eos(ids, {eos_id} if ends is None else ends)
     return ids + [eos_id] if finished and eos_id is not None else ids
 
 
@@ -300,23 +301,19 @@ def _best_answer(samples: list[list[int]], scores: list[float | None]) -> tuple[
 def make_mu(config: STaRConfig, generator):
     """mu: the model being improved through the generation engine (`prover: policy`), or a frozen server."""
     if config.prover == "server":
-        import os
-
         from mrt.prover.server import ServerProver  # needs the `openai` package (the `server` extra)
 
-        return ServerProver(config.prover_server_url, generator.tokenizer, model=config.prover_model,
-                            timeout=config.prover_timeout, max_retries=config.prover_max_retries,
-                            requests_per_call=config.prover_batch_size,
-                            api_key=os.environ.get("MRT_PROVER_API_KEY", "EMPTY"), seed=config.seed)
+        return ServerProver.from_fields(config, generator.tokenizer, seed=config.seed)  # as the trainer builds it
     return generator.prover  # the model being improved, through its own engine (mrt.generation)
 
 
 # ---------------------------------------------------------------- select
 
 
-def _strip_eos(ids: list[int], eos_id: int | None) -> list[int]:
+def _strip_eos(ids: list[int], ends: set[int]) -> list[int]:
+    """The ids without the end-of-sample ids (`mrt.tokens.eos_ids`) they end with."""
     ids = list(ids)
-    while ids and ids[-1] == eos_id:
+    while ids and ids[-1] in ends:
         ids.pop()
     return ids
 
@@ -327,19 +324,19 @@ def training_completion(prompt_ids: list[int], trace_ids: list[int], scored: dic
     joined to the termination suffix by THE rule of mrt.prover (`prover_prompt`) and followed by mu's answer."""
     from mrt.prover import prover_prompt
 
-    eos = tokenizer.eos_token_id
+    eos, ends = tokenizer.eos_token_id, eos_ids(tokenizer)
     if cut is None:
-        completion = _strip_eos(trace_ids, eos)
+        completion = _strip_eos(trace_ids, ends)
     else:
         ids, _ = prover_prompt(prompt_ids, trace_ids[:scored["j_tokens"][cut]], suffix, tokenizer)
-        completion = ids[len(prompt_ids):] + _strip_eos(scored["answers"][cut], eos)
+        completion = ids[len(prompt_ids):] + _strip_eos(scored["answers"][cut], ends)
     return completion + ([eos] if eos is not None else [])
 
 
 def select_examples(config: STaRConfig, problems: Problems, traces: dict[int, dict], scores: dict[int, dict],
                     tokenizer, suffix) -> tuple[list[dict], dict]:
-    """The training examples of one iteration and its summary (see mrt.star_select)."""
-    from mrt.star_select import select_problem, summarize, trace_regret
+    """The training examples of one iteration and its summary (see mrt.star.select)."""
+    from mrt.star.select import select_problem, summarize, trace_regret
 
     order = [i for i in problems.usable if i in scores]
     chosen = [select_problem(scores[i]["traces"], config.selection, config.keep_per_problem,
@@ -363,13 +360,6 @@ def select_examples(config: STaRConfig, problems: Problems, traces: dict[int, di
     summary.update(problems_skipped_unparsable_gold=len(problems.skipped), selection=config.selection,
                    truncate_at_best=config.truncate_at_best and config.selection == "progress")
     return examples, summary
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
 
 
 # ---------------------------------------------------------------- train
@@ -402,9 +392,10 @@ def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Prob
     `output_dir/iter-<k>` and returns the examples and the summary. Stops with NoCorrectTraces on an empty set."""
     from mrt.episodes import resolve_thinking_tag
     from mrt.generation import make_generator
-    from mrt.models import without_zero3
+    from mrt.memory import without_zero3
     from mrt.prover import ProgressEstimator, make_suffix
-    from mrt.star_select import check_not_empty
+    from mrt.prover.presets import answer_temperature
+    from mrt.star.select import check_not_empty
 
     folder = Path(config.output_dir) / f"iter-{iteration}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -420,7 +411,7 @@ def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Prob
             traces = generate_traces(config, generator, problems, folder,
                                      config.fingerprint(model, iteration, "traces"), seed, progress_bar)
             seconds_generate = time.perf_counter() - start
-            temperature = config.temperature if config.prover_temperature is None else config.prover_temperature
+            temperature = answer_temperature(config.prover_temperature, config.temperature)
             estimator = ProgressEstimator(make_mu(config, generator), tokenizer, config.episode_rules(tag), suffix,
                                           scorer, config.prover_num_samples, config.prover_max_tokens, temperature,
                                           config.prover_stop, answer_column=config.answer_column)
@@ -433,8 +424,8 @@ def run_iteration(config: STaRConfig, model: str, iteration: int, problems: Prob
     summary.update(iteration=iteration, model=model, seconds_generate_and_score=round(time.perf_counter() - start, 1),
                    seconds_generate=round(seconds_generate, 1))
     if _state().is_main_process:
-        write_jsonl(folder / "selected.jsonl", examples)
-        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomic(folder / "selected.jsonl", "".join(json.dumps(e) + "\n" for e in examples))
+        write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
     check_not_empty(summary, iteration, len(problems.skipped))
     return examples, summary
 
@@ -446,7 +437,7 @@ def _check_same_on_every_rank(examples: list[dict], folder: Path) -> None:
         return
     from accelerate.utils import gather_object
 
-    digest = hashlib.sha1(json.dumps([e["completion_ids"] for e in examples]).encode()).hexdigest()
+    digest = settings_fingerprint([e["completion_ids"] for e in examples], length=40)
     if len(set(gather_object([digest]))) > 1:
         raise RuntimeError(f"MRT-STaR: the ranks selected different training examples from the records in {folder}; "
                            "all ranks must see the same files (a shared file system). Nothing was trained.")
@@ -457,13 +448,11 @@ def run(config: STaRConfig, reward_funcs=None, reward_weights=None, progress_bar
     saved to output_dir, earlier ones to output_dir/iter-<k>/model. A finished round is not run again."""
     from mrt.models import resolve_model
     from mrt.prover import RewardScorer
-    from mrt.rewards import make_accuracy_reward
+    from mrt.rewards.accuracy import make_accuracy_reward
 
     model = resolve_model(config.model_name_or_path)
     if reward_funcs is None:  # knows a trace cut at max_completion_length by its ids (`_with_eos`)
         from transformers import AutoTokenizer
-
-        from mrt.prover import eos_ids
 
         finished_by = eos_ids(AutoTokenizer.from_pretrained(model))
     scorer = RewardScorer(reward_funcs if reward_funcs is not None else
@@ -486,8 +475,8 @@ def run(config: STaRConfig, reward_funcs=None, reward_weights=None, progress_bar
         train_sft(config, model, examples, save_to, folder / "sft")
         summary["seconds_train"] = round(time.perf_counter() - start, 1)
         if _state().is_main_process:
-            (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-            (save_to / DONE).write_text(json.dumps({"iteration": k, "from_model": model}))
+            write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
+            write_atomic(save_to / DONE, json.dumps({"iteration": k, "from_model": model}))
         _state().wait_for_everyone()
         summaries.append(summary)
         model = str(save_to)

@@ -6,10 +6,9 @@ from trl import GRPOConfig
 
 from mrt.checks import check
 from mrt.fields import EpisodeFields, ProverFields
-
-PROGRESS_MODES = ("dense", "termination_baseline", "branched")
-PREFIX_SOURCES = ("rollouts", "dataset")
-ESTIMATORS = ("sampling", "likelihood")
+from mrt.prover.presets import ESTIMATORS
+from mrt.rl.branched import PREFIX_SOURCES
+from mrt.rl.modes import MODES, mode_class
 
 
 @dataclass
@@ -37,7 +36,7 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
             "number of episodes; half of each group continues it, half terminates at once; a continuing "
             "completion's advantage is its GRPO advantage within its half plus alpha * (r - mean reward of the "
             "terminating half).",
-            "choices": list(PROGRESS_MODES),
+            "choices": list(MODES),
         },
     )
     estimate_progress: bool | None = field(
@@ -135,7 +134,7 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
         self.check_episode_fields()
         self.check_prover_fields()
         _check(self.alpha >= 0 and self.alpha == self.alpha, "alpha", self.alpha, "a number >= 0")
-        _check(self.progress_mode in PROGRESS_MODES, "progress_mode", self.progress_mode, f"one of {PROGRESS_MODES}")
+        _check(self.progress_mode in MODES, "progress_mode", self.progress_mode, f"one of {tuple(MODES)}")
         _check(self.prover_estimator in ESTIMATORS, "prover_estimator", self.prover_estimator,
                f"one of {ESTIMATORS}")
         _check("{answer}" in self.prover_answer_format, "prover_answer_format", self.prover_answer_format,
@@ -146,22 +145,7 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
         _check(self.prefix_source in PREFIX_SOURCES, "prefix_source", self.prefix_source,
                f"one of {PREFIX_SOURCES}")
         _check(bool(self.prefix_column), "prefix_column", self.prefix_column, "a column name")
-        if self.progress_mode == "branched":
-            _check(self.num_generations is not None and self.num_generations >= 2 and self.num_generations % 2 == 0,
-                   "num_generations", self.num_generations, "an even number >= 2 with progress_mode='branched' "
-                   "(half of each group continues the prefix, half terminates)")
-            _check(self.estimate_progress is None, "estimate_progress", self.estimate_progress,
-                   "None with progress_mode='branched' (it runs no separate prover)")
-            _check(not (self.mask_truncated_completions and self.prover_stop), "mask_truncated_completions",
-                   self.mask_truncated_completions, "False with progress_mode='branched' and prover_stop: the "
-                   "terminating half ends at a stop string, not at EOS, and would be masked as truncated")
-            local = self.per_device_train_batch_size * (self.steps_per_generation or 1)
-            _check(local % self.num_generations == 0, "per_device_train_batch_size",
-                   self.per_device_train_batch_size, f"a value for which per_device_train_batch_size x "
-                   f"steps_per_generation ({self.steps_per_generation}) is a multiple of num_generations "
-                   f"({self.num_generations}) with progress_mode='branched', so that every process holds whole groups")
-            _check(self.multi_objective_aggregation == "sum_then_normalize", "multi_objective_aggregation",
-                   self.multi_objective_aggregation, "'sum_then_normalize' with progress_mode='branched'")
+        mode_class(self.progress_mode).check_config(self)
         _check(self.multi_objective_aggregation == "sum_then_normalize" or not self.runs_prover,
                "multi_objective_aggregation", self.multi_objective_aggregation,
                "'sum_then_normalize' while the prover runs (alpha > 0, progress_mode "
@@ -173,7 +157,7 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
         _check(not self.prover_on_eval or self.runs_prover, "prover_on_eval", self.prover_on_eval,
                "False while the prover does not run (alpha = 0 with progress_mode 'dense', or 'branched')")
         if self.estimate_progress is False:
-            _check(self.alpha == 0 and self.progress_mode == "dense", "estimate_progress", False,
+            _check(self.alpha == 0 and not mode_class(self.progress_mode).needs_prover, "estimate_progress", False,
                    "True or None while alpha > 0 or progress_mode != 'dense' (they need the prover)")
 
     @property
@@ -183,11 +167,8 @@ class MRTConfig(GRPOConfig, EpisodeFields, ProverFields):
 
     @property
     def runs_prover(self) -> bool:
-        if self.progress_mode == "branched":
-            return False  # the terminating half of each group is mu's answer: no separate prover
-        if self.estimate_progress is not None:
-            return self.estimate_progress
-        return self.alpha > 0 or self.progress_mode != "dense"
+        """Whether the separate prover mu runs (the form decides: `mrt.rl.modes`)."""
+        return mode_class(self.progress_mode).runs_prover(self)
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

@@ -6,28 +6,32 @@ steps for every arm of a seed; `mrt.cli.build_trainer` for RL arms, `mrt.star.ru
 final model with `mrt.evaluation` at budgets up to the largest multiple of the training budget, and write
 `units/<arm>-seed<k>.json`. The base model is one more unit, "base". A unit works in `work_dir/<unit>/` and its
 JSON is written under a temporary name and renamed when done, so a finished unit is never redone and an
-interrupted one starts again from nothing. `mrt.compare_report` turns the unit files into the report.
+interrupted one starts again from nothing. A unit records the code version it ran on (`code_version`); units of
+different versions are refused unless `allow_mixed_versions`. `mrt.experiments.report` turns the unit files into the
+report.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import platform
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from mrt.checks import check
-from mrt.models import release_memory
+from mrt.memory import release_memory
+from mrt.records import fingerprint as settings_fingerprint
+from mrt.records import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +97,12 @@ class CompareConfig:
     eval_split: str = field(default="test", metadata={"help": "Split of the held-out problems."})
     bootstrap_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the 95% intervals."})
     bootstrap_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+    reference_arm: str | None = field(default="grpo", metadata={
+        "help": "The arm every other arm is compared with on paired seeds and problems (mrt.experiments.paired); "
+                "no paired statistics when no arm has this name, or None."})
+    allow_mixed_versions: bool = field(default=False, metadata={
+        "help": "Report units that ran on different code versions (git commits) side by side, with the version on "
+                "each row. False: refuse, and refuse to add a unit of another version to finished ones."})
     output_dir: str = field(default="outputs/compare", metadata={
         "help": "Finished unit JSONs (units/), the held-out problems and the report: commit this folder."})
     work_dir: str | None = field(default=None, metadata={
@@ -115,6 +125,9 @@ class CompareConfig:
         owned = {"models", "dataset", "split", "max_tokens", "budgets", "cutoffs", "output_dir"} & set(self.evaluation)
         _check(not owned, "evaluation", sorted(owned), "none of the fields the tool sets itself")
         _check(self.bootstrap_resamples >= 10, "bootstrap_resamples", self.bootstrap_resamples, ">= 10")
+        _check(self.reference_arm != BASE, "reference_arm", self.reference_arm, "an arm's name or None")
+        _check(isinstance(self.allow_mixed_versions, bool), "allow_mixed_versions", self.allow_mixed_versions,
+               "true or false")
         if self.work_dir is None:
             self.work_dir = str(Path(self.output_dir) / "work")
         _check(os.path.abspath(self.output_dir) != os.path.abspath(self.work_dir), "work_dir", self.work_dir,
@@ -140,7 +153,7 @@ def load_config(path: str | os.PathLike, smoke: bool = False, output_dir: str | 
         if "config" in arm:
             arm["config"] = _find_recipe(str(arm["config"]), Path(path))
     if smoke:
-        from mrt.models import tiny_model_folder
+        from mrt.tiny_model import tiny_model_folder
 
         raw["model"] = str(tiny_model_folder())
         raw["seeds"] = list(raw.get("seeds", [0]))[:1]
@@ -248,16 +261,12 @@ def write_held_out(config: CompareConfig) -> Path:
     _check(len(kept) == n, "evaluation", {"num_problems": n},
            f"at most {len(kept)} held-out problems: {source!r} split {config.eval_split!r} has no more problems "
            "that no arm trains on; lower evaluation.num_problems or num_train_problems")
-    path = Path(config.output_dir) / PROBLEMS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes running other units write it too
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
-    return path
+    # processes running other units write it too: each under its own temporary name
+    return write_atomic(Path(config.output_dir) / PROBLEMS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def eval_config(config: CompareConfig, model: str, problems: Path, output_dir: Path):
-    from mrt.evaluation import EvalConfig
+    from mrt.evaluation.run import EvalConfig
 
     budgets, max_tokens = eval_budgets(config)
     fields = {"backend": "transformers", **config.evaluation}
@@ -274,10 +283,10 @@ def fingerprint(config: CompareConfig, arm: Arm | None, seed: int | None, proble
     else:
         fields = {k: v for k, v in arm_fields(config, arm, seed, "x").items() if k not in NOT_FINGERPRINTED}
         what = {"kind": arm.kind, "fields": fields}
-    evaluation = asdict(eval_config(config, config.model, problems, Path("x")))
+    evaluation = eval_config(config, config.model, problems, Path("x")).settings()  # as committed units know it
     evaluation = {k: v for k, v in evaluation.items() if k not in ("models", "dataset", "output_dir")}
-    what.update(evaluation=evaluation, problems=hashlib.sha1(problems.read_bytes()).hexdigest())
-    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    what.update(evaluation=evaluation, problems=settings_fingerprint(problems.read_bytes(), length=40))
+    return settings_fingerprint(what)
 
 
 # ---------------------------------------------------------------- one unit
@@ -302,8 +311,8 @@ def train_star(fields: dict) -> tuple[str | None, list[dict], dict]:
     """Train one MRT-STaR unit; the model folder is None when no trace was correct (nothing to train on)."""
     from trl import TrlParser
 
-    from mrt.star import STaRConfig, run
-    from mrt.star_select import NoCorrectTraces
+    from mrt.star.run import STaRConfig, run
+    from mrt.star.select import NoCorrectTraces
 
     (star_config,) = TrlParser((STaRConfig,)).parse_dict(fields)
     try:
@@ -332,6 +341,27 @@ def weight_change(base: str, trained: str) -> float:
     return (diff / norm) ** 0.5 if norm else float("nan")
 
 
+def code_version(folder: str | os.PathLike | None = None) -> dict | None:
+    """The version of the code in `folder` (default: the mrt package this process runs): the git commit, and
+    whether the files under `folder` differ from it (changed or untracked files: the commit alone does not name the
+    code then); None outside a git checkout."""
+    here = Path(folder) if folder is not None else Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=30,
+                                  check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    status = git("status", "--porcelain", "--", ".")
+    return {"commit": commit.strip(), "dirty": status is None or bool(status.strip())}
+
+
 def hardware() -> str:
     import torch
 
@@ -343,14 +373,15 @@ def hardware() -> str:
 def run_unit(config: CompareConfig, arm: Arm | None, seed: int | None, problems: Path, work: Path,
              progress_bar: bool = True, on_stage=None) -> dict:
     """Train (unless base) and evaluate one unit in `work`; its result (without writing it)."""
-    from mrt.compare_report import per_problem
-    from mrt.evaluation import evaluate, load_records
+    from mrt.evaluation.run import evaluate, load_records
+    from mrt.experiments.report import per_problem
     from mrt.models import resolve_model
 
     stage = on_stage or (lambda name: None)
     start = time.perf_counter()
     result = {"arm": arm.name if arm else BASE, "seed": seed, "kind": arm.kind if arm else BASE,
-              "config": arm.config if arm else None, "hardware": hardware(), "curves": [], "notes": {}}
+              "config": arm.config if arm else None, "hardware": hardware(), "code_version": code_version(),
+              "curves": [], "notes": {}}
     model = config.model
     if arm is not None:
         fields = arm_fields(config, arm, seed, work / "train")
@@ -400,10 +431,7 @@ def load_unit(path: Path, expected: str) -> dict | None:
 
 def save_unit(path: Path, data: dict) -> None:
     """Write under a temporary name, then rename: a unit file on disk is always whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 @contextmanager
@@ -434,12 +462,13 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
     `on_stage(unit, stage)` is called after 'trained' and 'evaluated'."""
     from tqdm.auto import tqdm
 
-    from mrt.compare_report import build_report, write_report
+    from mrt.experiments.report import build_report, code_versions, write_report
 
     problems = write_held_out(config)
     ignore = Path(config.output_dir) / ".gitignore"
     if not ignore.exists():
-        ignore.write_text("# mrt.compare: commit the units, problems and report; never the work folder\nwork/\n*.tmp\n")
+        ignore.write_text("# mrt.experiments.compare: commit the units, problems and report; never the work "
+                          "folder\nwork/\n*.tmp\n")
     plan = [(name, arm, seed, fingerprint(config, arm, seed, problems)) for name, arm, seed in config.units()]
     unknown = sorted(set(units or ()) - {name for name, *_ in plan})
     _check(not unknown, "units", unknown, f"names of planned units: {', '.join(name for name, *_ in plan)}")
@@ -447,6 +476,8 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
     todo = [p for p in plan if p[0] not in done and (units is None or p[0] in units)]
     if max_units is not None:
         todo = todo[:max_units]
+    if todo and not config.allow_mixed_versions:  # refused before hours of training, not when reporting
+        code_versions([*done.values(), {"unit": "the units to run now", "code_version": code_version()}])
     bar = tqdm(total=len(plan), initial=len(done), desc="units", disable=not progress_bar)
     for name, arm, seed, fp in todo:
         with unit_lock(config, name) as mine:
@@ -459,7 +490,8 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
             bar.set_postfix_str(name)
             work = Path(config.work_dir) / name
             shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
-            unit_path(config, name).with_name(f"{name}.json.tmp").unlink(missing_ok=True)
+            for leftover in unit_path(config, name).parent.glob(f"{name}.json*.tmp"):
+                leftover.unlink(missing_ok=True)
             stage = (lambda s, name=name: on_stage(name, s)) if on_stage else None
             result = run_unit(config, arm, seed, problems, work, progress_bar, stage)
             result.update(unit=name, fingerprint=fp, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -472,7 +504,8 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
     budgets, _ = eval_budgets(config)
     report = build_report(config.name, [done[name] for name, *_ in plan if name in done],
                           [a.name for a in config.arms], budgets, training_budget(config),
-                          resamples=config.bootstrap_resamples, seed=config.bootstrap_seed)
+                          resamples=config.bootstrap_resamples, seed=config.bootstrap_seed,
+                          reference=config.reference_arm, allow_mixed_versions=config.allow_mixed_versions)
     report["units_planned"], report["units_done"] = len(plan), len(done)
     write_report(report, config.output_dir)
     return report

@@ -18,8 +18,12 @@ computes 9**387420489 exactly, one long C call that no Python-level interrupt ca
    returns: an interrupt that lands in a finalizer or a gc callback is swallowed there, and a one-shot
    alarm would then let the call run on, growing without bound. Such a swallowed interrupt is reported to
    `sys.unraisablehook` at once, inside the call, where the next interrupt could land in the hook itself;
-   so `_Deadline` reports are dropped there (every other report goes on to the hook that was installed).
+   so while a bounded call runs (in any thread), `_Deadline` reports are dropped there (every other report
+   goes on to the hook that was installed), and after the last one the hook is the one installed before.
    Signals and a caller's timers are never touched. A timed-out call scores 0.0 (its answer: []).
+
+Importing this module changes no global state; math-verify's warning about disabled timeouts is turned off
+when a call first runs (math-verify shows it once per process, and the timeouts are ours).
 """
 
 import ctypes
@@ -28,6 +32,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import lru_cache
 
 import math_verify
@@ -41,10 +46,6 @@ MAX_DEPTH = 10  # deepest bracket nesting in an answer that is parsed
 MAX_TAIL_CHARS = 2000  # without a \boxed{}, only this many final characters are searched
 MAX_BITS = 2**18  # largest exact number (in bits) an answer may evaluate to
 _RETRY_SECONDS = 0.05  # after the deadline, the watchdog interrupts again this often
-
-# We pass timeouts of None on purpose (see above); skip math-verify's warning about it.
-math_verify.parser.TIMEOUT_WARNING_SHOWN = True
-math_verify.grader.TIMEOUT_WARNING_SHOWN = True
 
 # Reward kwargs of a prover sample (mrt.prover.scoring), whose completion is what mu wrote after the termination
 # suffix: the episode prefix the policy wrote, and what was appended to it (joiner + termination suffix).
@@ -79,12 +80,25 @@ class _DropDeadlines:
 
 
 _hook_lock = threading.Lock()
+_bounded_calls = 0  # bounded calls running now, in every thread
 
 
-def _drop_deadline_reports() -> None:
+@contextmanager
+def _deadline_reports_dropped():
+    """Within the block, `sys.unraisablehook` drops `_Deadline` reports. The guard goes in when the first bounded
+    call starts and comes out when the last one (of any thread) ends, unless the hook was replaced meanwhile."""
+    global _bounded_calls
     with _hook_lock:
-        if not isinstance(sys.unraisablehook, _DropDeadlines):
+        if _bounded_calls == 0:
             sys.unraisablehook = _DropDeadlines(sys.unraisablehook)
+        _bounded_calls += 1
+    try:
+        yield
+    finally:
+        with _hook_lock:
+            _bounded_calls -= 1
+            if _bounded_calls == 0 and isinstance(sys.unraisablehook, _DropDeadlines):
+                sys.unraisablehook = sys.unraisablehook.next_hook
 
 
 def _bounded(fn, default, *args):
@@ -92,7 +106,6 @@ def _bounded(fn, default, *args):
     seconds = TIMEOUT_SECONDS
     if not seconds or seconds <= 0:
         return fn(*args)
-    _drop_deadline_reports()
     tid = threading.get_ident()
     lock = threading.Lock()
     finished = [False]
@@ -111,22 +124,24 @@ def _bounded(fn, default, *args):
                 return
 
     result = default
-    threading.Thread(target=watch, daemon=True).start()
-    try:
+    with _deadline_reports_dropped():  # left only once no interrupt can come
+        threading.Thread(target=watch, daemon=True).start()
         try:
-            result = fn(*args)
-        finally:
-            while True:  # an interrupt that lands while we stop the watchdog is caught, and the stop retried
-                try:
-                    with lock:
-                        finished[0] = True
-                        _set_async_exc(tid, ctypes.py_object())  # NULL: drop an interrupt not yet delivered
-                    break
-                except _Deadline:
-                    pass
-            wake.set()
-    except _Deadline:
-        pass
+            try:
+                result = fn(*args)
+            finally:
+                # An interrupt that lands while we stop the watchdog is caught, and the stop retried.
+                while True:
+                    try:
+                        with lock:
+                            finished[0] = True
+                            _set_async_exc(tid, ctypes.py_object())  # NULL: drop one not yet delivered
+                        break
+                    except _Deadline:
+                        pass
+                wake.set()
+        except _Deadline:
+            pass
     return result
 
 
@@ -233,6 +248,7 @@ def _nesting(text: str) -> int:
 
 
 def _parse(text: str) -> list:
+    math_verify.parser.TIMEOUT_WARNING_SHOWN = True  # the timeout is ours (see above): no warning about None
     return math_verify.parse(text, parsing_timeout=None)
 
 
@@ -314,6 +330,7 @@ def parse_gold(gold) -> list | None:
 def _verify(gold: list, answer: list) -> float:
     if not answer:
         return 0.0
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = True  # as in _parse
     return 1.0 if math_verify.verify(gold, answer, timeout_seconds=None) else 0.0
 
 

@@ -225,7 +225,7 @@ def write_traces(expressions: Iterable[str], seed: int,
 
 def sft_rows(problems: Iterable[dict], seed: int, options: TraceOptions = TraceOptions()) -> list[dict]:
     """Prompt-completion rows for TRL's SFTTrainer: one trace per problem row of
-    `mrt.testbed.reasoning_gym.load_task` (a chain_sum task, whose "metadata" JSON holds the expression). Each
+    `mrt.data.load_task` (a chain_sum task, whose "metadata" JSON holds the expression). Each
     row: the problem's "prompt", the trace as the assistant's "completion", the gold "answer", and the trace's
     facts as "trace_<field>" (every Trace field but the text and the gold)."""
     problems = list(problems)

@@ -7,26 +7,18 @@ of completions (texts) that the trainer cuts prefixes from.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mrt.branched import problem_key
+from mrt.records import append_jsonl, read_jsonl
+from mrt.rl.branched import problem_key
+from mrt.tokens import prompt_ids
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = (".jsonl", ".parquet")
-
-
-def prompt_token_ids(tokenizer, prompt) -> list[int]:
-    """Token ids a trainer would generate from: the chat template with the assistant turn opened for a
-    conversation, the plain tokens for a text prompt."""
-    if isinstance(prompt, list):
-        prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
 
 
 def work_file(output: Path) -> Path:
@@ -36,23 +28,7 @@ def work_file(output: Path) -> Path:
 
 def finished_keys(path: Path) -> set[str]:
     """Problem keys already written to a JSONL work file (a last line cut by an interruption is dropped)."""
-    if not path.exists():
-        return set()
-    keys, lines = set(), path.read_text().splitlines()
-    kept = []
-    for n, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines) - 1:  # interrupted mid-line: drop it and redo that problem
-                logger.warning("Dropping the unfinished last line of %s.", path)
-                break
-            raise ValueError(f"{path} line {n + 1} is not JSON; remove it or start a new output.") from None
-        keys.add(problem_key(row["prompt"]))
-        kept.append(line)
-    if len(kept) < len(lines):
-        path.write_text("".join(k + "\n" for k in kept))
-    return keys
+    return {problem_key(row["prompt"]) for row in read_jsonl(path)}
 
 
 def write_prefixes(dataset, generator, output, num_prefixes: int, max_tokens: int, temperature: float,
@@ -76,19 +52,16 @@ def write_prefixes(dataset, generator, output, num_prefixes: int, max_tokens: in
         logger.info("%s exists: nothing to do (delete it to generate again).", output)
         return output
     work = work_file(output)
-    work.parent.mkdir(parents=True, exist_ok=True)
     done = finished_keys(work)
     todo = [i for i, prompt in enumerate(dataset["prompt"]) if problem_key(prompt) not in done]
     tokenizer = generator.tokenizer
-    with tqdm(total=len(dataset), initial=len(dataset) - len(todo), desc="prefixes", unit="problem") as bar, \
-            work.open("a") as sink:
+    with tqdm(total=len(dataset), initial=len(dataset) - len(todo), desc="prefixes", unit="problem") as bar:
         for k in range(0, len(todo), batch_problems):
             rows = [dataset[i] for i in todo[k:k + batch_problems]]
-            prompts = [prompt_token_ids(tokenizer, row["prompt"]) for row in rows]
+            prompts = prompt_ids(tokenizer, [row["prompt"] for row in rows])
             samples = generator.generate(prompts, num_prefixes, max_tokens, temperature, stop, seed=seed + todo[k])
-            for row, outs in zip(rows, samples, strict=True):
-                sink.write(json.dumps({**row, column: [s.text for s in outs]}, ensure_ascii=False) + "\n")
-            sink.flush()
+            written = [{**row, column: [s.text for s in outs]} for row, outs in zip(rows, samples, strict=True)]
+            append_jsonl(work, *written)
             bar.update(len(rows))
     if output.suffix == ".parquet":
         from datasets import load_dataset
