@@ -439,3 +439,50 @@ def test_smoke_units_record_their_code_version_and_a_unit_of_another_version_is_
     with pytest.raises(ValueError, match="code versions"):  # refused before training anything
         run_comparison(config, progress_bar=False)
     assert not (copy / "units" / "grpo-seed0.json").exists()
+
+
+# ---------------------------------------------------------------- the reasoning testbed's comparison
+
+TESTBED_CONFIG = ROOT / "configs" / "compare_testbed.yaml"
+
+
+def test_testbed_smoke_runs_every_arm_with_task_columns_and_pairs_them_with_grpo(tmp_path):
+    out = tmp_path / "testbed"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--config", str(TESTBED_CONFIG), "--smoke",
+                             "--output_dir", str(out), "--no_progress"], cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    units = sorted(p.stem for p in (out / "units").glob("*.json"))
+    assert units == ["base", "grpo-seed0", "mrt_branched-seed0", "mrt_dense-seed0", "termination_baseline-seed0"]
+    rows = [json.loads(line) for line in (out / "eval_problems.jsonl").read_text().splitlines()]
+    assert rows and all({"problem", "answer", "task", "metadata"} <= set(r) for r in rows)  # the task's reward reads them
+    summary = (out / "summary.md").read_text()
+    assert "Paired against grpo" in summary
+    for arm in ("mrt_dense", "termination_baseline", "mrt_branched"):
+        assert f"| {arm} | 1x (16) |" in summary
+
+
+def test_an_arm_trains_only_its_own_seeds():
+    config = load_config(TESTBED_CONFIG)
+    names = [name for name, _, _ in config.units()]
+    assert [n for n in names if n.startswith("grpo-")] == [f"grpo-seed{s}" for s in config.seeds]
+    assert [n for n in names if n.startswith("mrt_branched-")] == ["mrt_branched-seed0", "mrt_branched-seed1000",
+                                                                   "mrt_branched-seed2000"]
+    arm = Arm(name="x", config=str(ROOT / "configs" / "mrt_testbed.yaml"), seeds=[0, 7])
+    with pytest.raises(ValueError, match=r"CompareConfig\.arms .*among the comparison's seeds"):
+        CompareConfig(arms=[arm], seeds=[0, 1])
+
+
+def test_held_out_problems_have_no_commuted_twin_of_a_training_problem(tmp_path):
+    from mrt.experiments.compare import _training_problems, held_out_key
+
+    ask = "State the final answer to the following arithmetic problem: {} ="
+    assert held_out_key(ask.format("2 + 7 - 3")) == held_out_key(ask.format("7 - 3 + 2"))
+    assert held_out_key(ask.format("2 + 7 - 3")) != held_out_key(ask.format("2 - 7 + 3"))
+    assert held_out_key("What is 3 * 4 + 2?") == "What is 3 * 4 + 2?"  # not a chain sum: the text itself
+    config = load_config(TESTBED_CONFIG, output_dir=str(tmp_path))
+    config.evaluation["num_problems"] = 16
+    trained = _training_problems(config)
+    rows = [json.loads(line) for line in write_held_out(config).read_text().splitlines()]
+    keys = [held_out_key(r["problem"]) for r in rows]
+    assert len(rows) == 16 and len(set(keys)) == 16 and not set(keys) & trained

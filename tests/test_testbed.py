@@ -280,6 +280,9 @@ def test_warm_start_trains_once_and_is_reused(tiny_model_path, tmp_path, monkeyp
     recipe = tmp_path / "warm_start.yaml"
     recipe.write_text(yaml.safe_dump({k: v for k, v in vars(config).items()}))
     assert ws.resolve_testbed(f"testbed:{recipe}") == str(folder)
+    from mrt.models import resolve_model
+
+    assert resolve_model(f"testbed:{recipe}") == str(folder)  # what a recipe's model_name_or_path goes through
     # Other settings are another folder.
     assert _tiny_warm_start(tiny_model_path, max_steps=3).folder() != folder
 

@@ -269,6 +269,21 @@ def test_eval_batches_do_not_count_toward_the_training_step_s_prover_share(tiny_
     assert trainer._prover_seconds == 0.0  # nothing carried into the next training step's mrt/prover_step_share
 
 
+def test_beam_search_generation_kwargs_do_not_break_the_prover(tiny_model_path, tmp_path):
+    # Beam search returns a cache of batch x beams rows, reordered: not the rows of the returned sequences, so the
+    # prover must read its prompts anew (TRL's test_train_with_generation_kwargs crashed on it).
+    j_values = {}
+    for reuse in (True, False):
+        trainer = mrt_trainer(tiny_model_path, tmp_path / str(reuse), reward_funcs=parity,
+                              prover_reuse_generation_cache=reuse,
+                              generation_kwargs={"do_sample": True, "top_k": 50, "num_beams": 2, "length_penalty": -0.1})
+        output = one_batch(trainer)
+        assert trainer._metrics["train"]["mrt/prover_requests"][-1] > 0
+        assert torch.isfinite(output["advantages"]).all()
+        j_values[reuse] = trainer.last_progress.j_values
+    assert j_values[True] == j_values[False]  # the beams' cache was not taken for the sequences' keys and values
+
+
 def test_a_static_cache_implementation_does_not_break_the_prover(tiny_model_path, tmp_path):
     trainer = mrt_trainer(tiny_model_path, tmp_path, cache_implementation="static")
     output = one_batch(trainer)

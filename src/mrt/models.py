@@ -76,9 +76,14 @@ def _smollm2_target() -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Map a SmolLM2 alias to the local converted folder; pass anything else through."""
+    """Map a SmolLM2 alias to the local converted folder and `testbed:<warm start YAML>` to the reasoning testbed's
+    warm-started folder (built on first use, then cached); pass anything else through."""
     if name_or_path in SMOLLM2_ALIASES:
         return str(smollm2_folder())
+    if isinstance(name_or_path, str) and name_or_path.startswith("testbed:"):
+        from mrt.experiments.testbed.warm_start import resolve_testbed
+
+        return resolve_testbed(name_or_path)
     return name_or_path
 
 

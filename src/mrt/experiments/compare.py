@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -63,6 +64,8 @@ class Arm:
     overrides: dict = field(default_factory=dict, metadata={"help": "Fields set on top of the recipe."})
     optional: bool = field(default=False, metadata={
         "help": "Run this arm's units after every other arm's (all seeds), so that the core comparison ends first."})
+    seeds: list[int] | None = field(default=None, metadata={
+        "help": "This arm's seeds, a subset of the comparison's (fewer seeds for a secondary arm). None: all."})
 
     def __post_init__(self):
         check(bool(self.name) and all(c.isalnum() or c in "_." for c in self.name), "Arm", "name", self.name,
@@ -72,6 +75,8 @@ class Arm:
         check(bool(self.config), "Arm", "config", self.config, "a training config path")
         check(isinstance(self.overrides, dict), "Arm", "overrides", self.overrides, "a mapping of field: value")
         check(isinstance(self.optional, bool), "Arm", "optional", self.optional, "true or false")
+        check(self.seeds is None or (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)), "Arm",
+              "seeds", self.seeds, "None or at least one seed, no repeats")
 
 
 @dataclass
@@ -117,6 +122,9 @@ class CompareConfig:
         _check(len(set(names)) == len(names), "arms", names, "distinct arm names")
         _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds,
                "at least one seed, no repeats")
+        for arm in self.arms:
+            _check(set(arm.seeds or []) <= set(self.seeds), "arms", {arm.name: {"seeds": arm.seeds}},
+                   f"an arm's seeds among the comparison's seeds {self.seeds}")
         _check(bool(self.model), "model", self.model, "a base model")
         _check(len(self.budget_multiples) >= 1 and all(m > 0 for m in self.budget_multiples), "budget_multiples",
                self.budget_multiples, "positive multiples of the training budget")
@@ -138,7 +146,11 @@ class CompareConfig:
         optional arms after all the others."""
         order = [a for a in self.arms if not a.optional], [a for a in self.arms if a.optional]
         return [(BASE, None, None)] + [(f"{a.name}-seed{s}", a, s) for arms in order for s in self.seeds
-                                       for a in arms]
+                                       for a in arms if s in self.arm_seeds(a)]
+
+    def arm_seeds(self, arm: Arm) -> list[int]:
+        """The seeds `arm` trains with: its own, or the comparison's."""
+        return self.seeds if arm.seeds is None else [s for s in self.seeds if s in arm.seeds]
 
 
 def load_config(path: str | os.PathLike, smoke: bool = False, output_dir: str | None = None) -> CompareConfig:
@@ -157,6 +169,8 @@ def load_config(path: str | os.PathLike, smoke: bool = False, output_dir: str | 
 
         raw["model"] = str(tiny_model_folder())
         raw["seeds"] = list(raw.get("seeds", [0]))[:1]
+        for arm in raw["arms"]:
+            arm.pop("seeds", None)
         raw["train"] = {**raw.get("train", {}), **smoke_block.get("train", {}), **SMOKE_TRAIN}
         raw["evaluation"] = {**raw.get("evaluation", {}), **smoke_block.get("evaluation", {}), **SMOKE_EVAL}
         for arm in raw["arms"]:
@@ -225,19 +239,34 @@ def _training_problems(config: CompareConfig) -> set[str]:
 
     seen = set()
     for arm in config.arms:
-        for seed in config.seeds:
+        for seed in config.arm_seeds(arm):
             f = arm_fields(config, arm, seed, "x")
             rows = load_problems(f.get("dataset_name", "arithmetic"), split=f.get("dataset_train_split", "train"),
                                  problem_column=f.get("problem_column", "problem"),
                                  answer_column=f.get("answer_column", "answer"), system_prompt=None,
                                  num_problems=f.get("num_train_problems"), seed=seed)
-            seen.update(str(p) for p in rows[f.get("problem_column", "problem")])
+            seen.update(held_out_key(str(p)) for p in rows[f.get("problem_column", "problem")])
     return seen
+
+
+_CHAIN = re.compile(r"-?\d+(?:\s*[+-]\s*\d+)+")
+
+
+def held_out_key(problem: str) -> str:
+    """What makes two problems the same for the held-out set: a sum or difference of integers (the problem's only
+    arithmetic) is the multiset of its signed terms, so that "2 + 7 - 3" and "7 - 3 + 2" are one problem (a
+    commuted twin of a training problem is not held out); any other problem is its text."""
+    chains = _CHAIN.findall(problem)
+    if len(chains) != 1 or re.search(r"[*/x×÷()^]", problem.replace(chains[0], "")):
+        return problem
+    terms = [int(t.replace(" ", "")) for t in re.findall(r"[+-]?\s*\d+", chains[0])]
+    return "terms:" + ",".join(str(t) for t in sorted(terms))
 
 
 def write_held_out(config: CompareConfig) -> Path:
     """The evaluation problems: the first `num_problems` distinct problems of the held-out split that no arm trains
-    on with any seed, written to output_dir/eval_problems.jsonl (problem, answer)."""
+    on with any seed (nor a commuted twin of one: `held_out_key`), written to output_dir/eval_problems.jsonl (problem,
+    answer and the dataset's other columns but its prompt)."""
     from mrt.data import load_problems
 
     n = int(config.evaluation.get("num_problems", 8))
@@ -253,9 +282,10 @@ def write_held_out(config: CompareConfig) -> Path:
     seen, kept = _training_problems(config), []
     for row in candidates:
         problem = str(row[column])
-        if problem not in seen:
-            seen.add(problem)
-            kept.append({"problem": problem, "answer": row["answer"]})
+        if held_out_key(problem) not in seen:
+            seen.add(held_out_key(problem))
+            # the task's own columns too (e.g. reasoning-gym's task and metadata, which its reward reads)
+            kept.append({**{k: v for k, v in row.items() if k != "prompt"}, "problem": problem, "answer": row["answer"]})
         if len(kept) == n:
             break
     _check(len(kept) == n, "evaluation", {"num_problems": n},

@@ -42,8 +42,11 @@ class TransformersProver:
         """Within the block, prompts that begin with a row of `sequences` (left-padded prompts of `prompt_width`
         tokens, then what was generated) take those tokens' keys and values from `cache` instead of reading them:
         the cache `generate` returned for `sequences`, computed by the same weights. A cache that does not keep
-        every position (sliding window, static) is not used."""
-        if cache is None or not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
+        every position (sliding window, static), or whose rows are not the rows of `sequences` (beam search keeps
+        batch x beams rows), is not used."""
+        layers = getattr(cache, "layers", [None])
+        if cache is None or not all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None
+                                    and layer.keys.shape[0] == len(sequences) for layer in layers):
             yield
             return
         length = cache.get_seq_length()
@@ -100,6 +103,7 @@ class TransformersProver:
                  stop: list[str] | None, seed: int | None = None) -> list[list[list[int]]]:
         config = copy.deepcopy(self.generation_config)
         config.max_new_tokens, config.num_return_sequences = max_tokens, 1
+        config.num_beams = 1  # mu's answers are samples (or greedy), one path each, even when rollouts use beams
         # A static or other preset cache cannot take the branched cache passed as past_key_values.
         config.cache_implementation = None
         if temperature > 0:

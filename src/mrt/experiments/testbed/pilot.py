@@ -34,6 +34,8 @@ class PilotConfig:
     model: str = field(default="testbed:configs/testbed/warm_start.yaml", metadata={
         "help": "The model: 'testbed:<warm start YAML>' (built when missing), a folder, or smollm2-135m."})
     dataset: str = field(default=DEFAULT_SPEC, metadata={"help": "The task, as the warm start's `spec`."})
+    reward_funcs: list[str] = field(default_factory=lambda: ["reasoning_gym_reward"], metadata={
+        "help": "Rewards of the completions and of mu's answers, as the training recipes name them."})
     budget: int = field(default=256, metadata={"help": "The training budget B (max_completion_length)."})
     budgets: list[int] | None = field(default=None, metadata={
         "help": "Budgets of the forced-accuracy curve; must hold 0 and B. None: 0, B/4, B/2, 3B/4, B."})
@@ -79,7 +81,8 @@ class PilotConfig:
                           prover_num_samples=self.prover_num_samples, prover_max_tokens=self.prover_max_tokens,
                           termination_suffix="boxed", prover_stop=["}"], budgets=self.budgets,
                           max_episodes=self.max_episodes, min_paragraphs_between=self.min_paragraphs_between,
-                          backend="transformers", dtype=self.dtype, seed=self.seed, output_dir=self.eval_dir)
+                          backend="transformers", dtype=self.dtype, seed=self.seed, output_dir=self.eval_dir,
+                          reward_funcs=self.reward_funcs)
 
 
 # ---------------------------------------------------------------- gates (pure)
