@@ -23,7 +23,15 @@ from mrt.experiments.compare import (
     unit_lock,
     write_held_out,
 )
-from mrt.experiments.report import build_report, draws, interval, markdown_report, markdown_table, per_problem
+from mrt.experiments.report import (
+    build_report,
+    draws,
+    interval,
+    markdown_report,
+    markdown_table,
+    per_problem,
+    version_label,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "compare_methods.py"
@@ -85,7 +93,7 @@ def test_smoke_trains_every_arm_evaluates_and_reports(smoke):
         assert (out / name).stat().st_size > 0, name
     assert "| mrt_branched | 1 |" in stdout and "6 of 6 units done" in stdout
     work = out / "work"
-    assert not work.exists() or not any(p.is_dir() for p in work.iterdir())  # models removed after each unit
+    assert not any(work.rglob("*.safetensors"))  # models removed after each unit
 
 
 def test_finished_units_are_not_redone(smoke):
@@ -146,7 +154,9 @@ def _without_timings(value):
     return value
 
 
-def test_interrupted_unit_resumes_with_the_same_numbers(tmp_path):
+def test_interrupted_unit_resumes_with_the_same_numbers(tmp_path, monkeypatch):
+    """A unit killed after its training keeps it: the resumed run evaluates the trained model without training
+    again, and writes the numbers an uninterrupted run writes."""
     import yaml
 
     raw = yaml.safe_load(CPU_CONFIG.read_text())
@@ -167,14 +177,21 @@ def test_interrupted_unit_resumes_with_the_same_numbers(tmp_path):
         run_comparison(config, progress_bar=False, on_stage=kill)
     units = tmp_path / "resumed" / "units"
     assert (units / "base.json").exists() and not (units / "mrt_dense-seed0.json").exists()
-    assert any((tmp_path / "resumed" / "work" / "mrt_dense-seed0").iterdir())  # the partial unit's trained model
+    assert any((tmp_path / "resumed" / "work" / "trained").iterdir())  # the partial unit's trained model
     (units / "mrt_dense-seed0.json.tmp").write_text('{"cut sho')  # as if killed while writing
+
+    def trains_again(fields):
+        raise AssertionError("the finished training was not reused")
+
+    monkeypatch.setattr("mrt.experiments.compare.train_rl", trains_again)
     resumed = run_comparison(config, progress_bar=False)
 
     assert not (units / "mrt_dense-seed0.json.tmp").exists()
     a = json.loads((tmp_path / "whole" / "units" / "mrt_dense-seed0.json").read_text())
     b = json.loads((units / "mrt_dense-seed0.json").read_text())
     assert a["weight_change"] > 0
+    assert not a["training_reused"] and b.pop("training_reused")
+    a.pop("training_reused")
     assert _without_timings(a) == _without_timings(b)
     assert _without_timings(whole["arms"]) == _without_timings(resumed["arms"])
 
@@ -389,9 +406,24 @@ def test_code_version_is_the_commit_and_whether_the_tree_differs(tmp_path):
     for args in (["init", "-q"], ["add", "a.py"], ["commit", "-q", "-m", "one"]):
         subprocess.run(git + args, check=True, capture_output=True)
     head = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
-    assert code_version(repo) == {"commit": head, "dirty": False}
+    tree = subprocess.run(git + ["rev-parse", "HEAD^{tree}"], check=True, capture_output=True, text=True).stdout.strip()
+    assert code_version(repo) == {"commit": head, "tree": tree, "dirty": False}
     (repo / "a.py").write_text("x = 2\n")
-    assert code_version(repo) == {"commit": head, "dirty": True}
+    assert code_version(repo) == {"commit": head, "tree": tree, "dirty": True}
+    (repo / "a.py").write_text("x = 1\n")
+    (repo / "NOTES.md").write_text("results\n")  # a commit that leaves the code as it was keeps its tree
+    for args in (["add", "NOTES.md"], ["commit", "-q", "-m", "two"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    (repo / "lib").mkdir()
+    (repo / "lib" / "b.py").write_text("y = 1\n")
+    for args in (["add", "lib"], ["commit", "-q", "-m", "three"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    lib = code_version(repo / "lib")
+    (repo / "NOTES.md").write_text("more results\n")
+    for args in (["add", "NOTES.md"], ["commit", "-q", "-m", "four"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    later = code_version(repo / "lib")
+    assert later["commit"] != lib["commit"] and later["tree"] == lib["tree"] and not later["dirty"]
     mine = code_version()  # the library's own checkout
     assert mine is None or len(mine["commit"]) == 40
 
@@ -402,6 +434,8 @@ def test_the_report_names_the_code_versions_and_refuses_a_mix():
     report = build_report("t", units, ["grpo"], [0, 8, 16], 8, resamples=20)
     assert report["code_versions"] == {"a" * 12: ["grpo-seed0", "grpo-seed1"]} and not report["mixed_versions"]
     assert f"Code version: {'a' * 12} (2 units)" in markdown_report(report)
+    tree = {"commit": "c" * 40, "tree": "d" * 40, "dirty": False}  # units name the library's tree when they have it
+    assert version_label({"code_version": tree}) == "mrt@" + "d" * 12
 
     units.append({**_unit("mrt", 0, [[0.0, 1.0, 1.0]]), "unit": "mrt-seed0",
                   "code_version": {"commit": "b" * 40, "dirty": True}})
@@ -453,7 +487,18 @@ def test_testbed_smoke_runs_every_arm_with_task_columns_and_pairs_them_with_grpo
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     units = sorted(p.stem for p in (out / "units").glob("*.json"))
-    assert units == ["base", "grpo-seed0", "mrt_branched-seed0", "mrt_dense-seed0", "termination_baseline-seed0"]
+    assert units == ["base", "grpo-seed0", "grpo.draws-seed0", "grpo.eval1-seed0", "grpo.eval2-seed0",
+                     "mrt_branched-seed0", "mrt_dense-seed0", "termination_baseline-seed0"]
+    unit = {name: json.loads((out / "units" / f"{name}.json").read_text()) for name in units}
+    # The draw-only spread: eval1/eval2 evaluate grpo's trained model (trained once) with other evaluation seeds;
+    # grpo.draws trains on the same problems with other draws.
+    grpo, draws = unit["grpo-seed0"], unit["grpo.draws-seed0"]
+    for name in ("grpo.eval1-seed0", "grpo.eval2-seed0"):
+        assert unit[name]["training_reused"] and unit[name]["training_key"] == grpo["training_key"]
+        assert unit[name]["weight_change"] == grpo["weight_change"]
+    assert not grpo["training_reused"] and draws["training_key"] != grpo["training_key"]
+    assert draws["weight_change"] != grpo["weight_change"]
+    assert not any((out / "work" / "trained").iterdir())  # no unit left to evaluate them: deleted
     rows = [json.loads(line) for line in (out / "eval_problems.jsonl").read_text().splitlines()]
     assert rows and all({"problem", "answer", "task", "metadata"} <= set(r) for r in rows)  # the task's reward reads them
     summary = (out / "summary.md").read_text()

@@ -411,6 +411,55 @@ def test_budget_forcing_continues_an_early_end_with_the_cue_up_to_the_budget(tin
     assert rounds[:1] == ([24 - 3 - len(tok("\n\nWait", add_special_tokens=False)["input_ids"])] if forcing else [])
 
 
+def _ending_early(tiny_model_path):
+    """The tiny model's transformers generator with its most frequent greedy token taken as its EOS, so that its
+    samples end early (a random model almost never writes its real EOS)."""
+    from collections import Counter
+
+    from mrt.generation import make_generator
+
+    gen = make_generator(tiny_model_path, backend="transformers", batch_size=8)
+    prompts = [gen.tokenizer(text)["input_ids"] for text in ("What is 2 + 3?", "Compute 7 + 1 + 4 please")]
+    counts = Counter(t for group in gen.generate(prompts, 1, 40, 0.0, None, 0) for s in group for t in s.ids)
+    gen.eos = gen.prover.eos = {counts.most_common(1)[0][0]}
+    return gen, prompts
+
+
+def test_forcing_in_one_call_gives_the_rounds_samples(tiny_model_path):
+    """Greedy, budget forcing from the cache in one `generate` call (`ForcedContinuation`) writes exactly the
+    samples that forcing in rounds writes (each round re-reading the sample), with the same first ends."""
+    from mrt.evaluation.forcing import cue_ids, first_end, force_budget
+
+    gen, prompts = _ending_early(tiny_model_path)
+    cues, budget = ["Wait", "But wait"], 40
+    plain = [s for group in gen.generate(prompts, 2, budget, 0.0, None, 0) for s in group]
+    rounds = force_budget(gen.generate, gen.tokenizer, [p for p in prompts for _ in range(2)], plain, budget, 0.0,
+                          cues, gen.eos, None, 3)
+    drawn, ends = gen.generate_forced(prompts, 2, budget, 0.0, cue_ids(gen.tokenizer, cues), 0)
+    one_call = [s for group in drawn for s in group]
+    assert [(s.ids, s.finished) for s in one_call] == [(s.ids, s.finished) for s in rounds]
+    assert [e for group in ends for e in group] == [first_end(s, gen.eos) for s in plain]
+    assert any(e is not None for group in ends for e in group)  # something was forced
+    assert any("Wait" in s.text for s in one_call)
+
+
+def test_forcing_in_one_call_samples_up_to_the_budget_without_an_eos(tiny_model_path):
+    from mrt.evaluation.forcing import cue_ids
+
+    gen, prompts = _ending_early(tiny_model_path)
+    cues = cue_ids(gen.tokenizer, ["Wait", "But wait"])
+    drawn, ends = gen.generate_forced(prompts, 3, 30, 1.0, cues, 7)
+    again, _ = gen.generate_forced(prompts, 3, 30, 1.0, cues, 7)
+    assert [[s.ids for s in g] for g in drawn] == [[s.ids for s in g] for g in again]  # the seed fixes the draws
+    longest = max(len(c) for c in cues)
+    for group, group_ends in zip(drawn, ends):
+        assert len(group) == len(group_ends) == 3
+        for s, end in zip(group, group_ends):
+            assert not gen.eos & set(s.ids)  # an EOS never stays inside a sample
+            assert len(s.ids) == 30 or (s.finished and len(s.ids) + longest >= 30)  # or no room for a cue
+            assert end is None or end <= len(s.ids)
+
+
 # ---------------------------------------------------------------- training's episode and prover fields
 
 

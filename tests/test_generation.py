@@ -43,3 +43,24 @@ def test_vllm_backend(smollm2_path):
     assert isinstance(generator, VLLMGenerator)
     check_backend(generator)
     generator.close()
+
+
+@pytest.mark.slow
+def test_vllm_seeded_long_prompts_beyond_one_step(smollm2_path):
+    """Seeded requests whose prompts together outgrow one engine step's token budget: on CPU vLLM 0.32 then prefills
+    in chunks and its sampler crashes ("CPU Generator does not use offset") unless whole prefills are asked for
+    (`mrt.generation.cpu_options`)."""
+    pytest.importorskip("vllm")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from mrt.generation import make_generator
+
+    generator = make_generator(smollm2_path, backend="vllm", vllm_kwargs={"max_model_len": 1024})
+    tok = generator.tokenizer
+    text = " ".join(f"{k} plus {k + 1} is {2 * k + 1}." for k in range(60))  # about 600 tokens
+    prompts = [tok(f"Sum {i}: {text}", add_special_tokens=False)["input_ids"] for i in range(12)]
+    assert sum(len(p) for p in prompts) > 4096
+    out = generator.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=3)
+    again = generator.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=3)
+    assert [[s.ids for s in g] for g in out] == [[s.ids for s in g] for g in again]
+    assert all(0 < len(s.ids) <= 4 for g in out for s in g)
+    generator.close()

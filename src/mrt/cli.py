@@ -58,6 +58,9 @@ class MRTScriptArguments(ScriptArguments):
     )
     system_prompt: str | None = field(default=SYSTEM_PROMPT, metadata={"help": "System prompt; '' for none."})
     num_train_problems: int | None = field(default=None, metadata={"help": "Use this many training problems."})
+    dataset_seed: int | None = field(default=None, metadata={
+        "help": "Seed that picks the training problems (num_train_problems, reasoning-gym tasks). None: `seed`. Set "
+                "it to train on the same problems with other random draws (order, samples)."})
     num_eval_problems: int | None = field(default=None, metadata={"help": "Evaluate on this many test problems."})
     reward_funcs: list[str] | None = field(
         default=None,
@@ -146,6 +149,11 @@ def quantization_config(model_args: ModelConfig, training_args: MRTConfig):
     return get_quantization_config(model_args)
 
 
+def problems_seed(dataset_seed: int | None, seed: int) -> int:
+    """The seed that picks the training problems: `dataset_seed`, else the training seed."""
+    return seed if dataset_seed is None else dataset_seed
+
+
 def build_trainer(script_args: MRTScriptArguments, training_args: MRTConfig, model_args: ModelConfig) -> MRTTrainer:
     """The trainer a config describes: model alias resolved, datasets loaded (the gold answer column is
     required only by the default reward), rewards by name or path, quantization and PEFT if asked."""
@@ -164,7 +172,8 @@ def build_trainer(script_args: MRTScriptArguments, training_args: MRTConfig, mod
         return load_problems(
             script_args.dataset_name, split=split, problem_column=script_args.problem_column,
             answer_column=training_args.answer_column, system_prompt=script_args.system_prompt or None,
-            num_problems=num, seed=training_args.seed, dataset_config=script_args.dataset_config,
+            num_problems=num, seed=problems_seed(script_args.dataset_seed, training_args.seed),
+            dataset_config=script_args.dataset_config,
             streaming=script_args.dataset_streaming,
             require_answer=uses_default_reward(script_args.reward_funcs),
         )

@@ -7,6 +7,7 @@ reproducible on its own, whatever ran before it, so that a resumed evaluation gi
 
 from __future__ import annotations
 
+import copy
 import gc
 import importlib.util
 import logging
@@ -83,6 +84,35 @@ class TransformersGenerator:
         rows = self.prover.generate([list(p) for p in prompts], n, max_tokens, temperature, stop, seed)
         return [[self._sample(ids, max_tokens, stop) for ids in group] for group in rows]
 
+    def generate_forced(self, prompts, n, max_tokens, temperature, cues: list[list[int]], seed=0):
+        """`n` samples per prompt under budget forcing with these cue ids (`mrt.evaluation.forcing`), each in one
+        `generate` call that continues from the cache; and, per sample, where it first ended (None: never)."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        from mrt.evaluation.forcing import ForcedContinuation
+        from mrt.prover.base import chunks, cut_at_eos, isolated_rng, left_pad
+
+        config = copy.deepcopy(self.prover.generation_config)
+        config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
+        config.max_new_tokens, config.num_return_sequences, config.num_beams = max_tokens, 1, 1
+        config.eos_token_id = sorted(self.eos)
+        rows = [list(p) for p in prompts for _ in range(n)]
+        samples, ends = [], []
+        with isolated_rng(seed, self.model.device), torch.no_grad():
+            for part in chunks(rows, self.prover.batch_size):
+                ids, mask = left_pad(part, self.tokenizer.pad_token_id, self.model.device)
+                forcing = ForcedContinuation(cues, self.eos, max_tokens, ids.size(1), temperature)
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                          logits_processor=LogitsProcessorList([forcing]))
+                for row in out[:, ids.size(1):].tolist():
+                    kept = cut_at_eos(row, self.eos)
+                    samples.append(Sample(kept, self.tokenizer.decode(kept, skip_special_tokens=True),
+                                          len(kept) < max_tokens))
+                ends += forcing.first_end
+        return ([samples[k * n:(k + 1) * n] for k in range(len(prompts))],
+                [ends[k * n:(k + 1) * n] for k in range(len(prompts))])
+
     def _sample(self, ids: list[int], max_tokens: int, stop) -> Sample:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         # The prover cuts a row at its EOS (or the padding after a stop string): shorter than max_tokens = ended.
@@ -102,7 +132,7 @@ class VLLMGenerator:
         from vllm import LLM
 
         options = {"enable_prefix_caching": True, "enforce_eager": True, "seed": seed, "dtype": dtype,
-                   "gpu_memory_utilization": 0.25, **kwargs}
+                   "gpu_memory_utilization": 0.25, **cpu_options(), **kwargs}
         from transformers import AutoTokenizer
 
         self.llm = LLM(model=model, **options)
@@ -122,6 +152,15 @@ class VLLMGenerator:
     def close(self):
         del self.llm
         gc.collect()
+
+
+def cpu_options() -> dict:
+    """vLLM options on a machine without a GPU. vLLM 0.32's CPU sampler rewinds a seeded request's generator after a
+    partial (chunked) prefill, which CPU generators cannot do: the engine dies with "CPU Generator does not use
+    offset" once seeded prompts outgrow one step's token budget. Whole prefills avoid it."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
 
 
 def default_device() -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mrt.checks import check
 from mrt.episodes import DEFAULT_MARKERS, EpisodeRules, prefix_lengths, resolve_thinking_tag, split_completion
-from mrt.evaluation.forcing import FORCING_CUES, first_end, force_budget
+from mrt.evaluation.forcing import FORCING_CUES, cue_ids, first_end, force_budget
 from mrt.fields import EpisodeFields, ProverFields
 from mrt.generation import BACKENDS
 from mrt.progress import efficiency_ratios, j_at, progress, regret_at, tokens_to_reach
@@ -212,11 +212,18 @@ def evaluate_problems(config: EvalConfig, setup: ProblemSetup, model, mu, prompt
     `mu` is a generator or a prover (`mrt.prover.Prover`)."""
     tok = setup.tokenizer
     k = config.num_samples
-    drawn = model.generate([list(p) for p in prompts], k, config.max_tokens, config.temperature, None, seed)
+    # Budget forcing in one call per chunk, continuing from the cache, where the backend can and the end is an EOS.
+    in_one_call = config.budget_forcing and setup.tag is None and hasattr(model, "generate_forced")
+    if in_one_call:
+        drawn, ends = model.generate_forced([list(p) for p in prompts], k, config.max_tokens, config.temperature,
+                                            cue_ids(tok, config.forcing_cues), seed)
+        ends_first = [e for group in ends for e in group]
+    else:
+        drawn = model.generate([list(p) for p in prompts], k, config.max_tokens, config.temperature, None, seed)
+        ends_first = [first_end(s, setup.eos) for group in drawn for s in group]
     samples = [s for group in drawn for s in group]
     owner = [p for p, group in enumerate(drawn) for _ in group]  # the problem of each sample
-    ends_first = [first_end(s, setup.eos) for s in samples]
-    if config.budget_forcing:  # rounds draw with seed + 3, + 4, ... (+1, +2: the prover calls)
+    if config.budget_forcing and not in_one_call:  # in rounds: draws with seed + 3, + 4, ... (+1, +2: the prover calls)
         samples = force_budget(model.generate, tok, [prompts[p] for p in owner], samples, config.max_tokens,
                                config.temperature, config.forcing_cues, setup.eos, setup.tag, seed + 3)
     temperature = answer_temperature(config.prover_temperature, config.temperature)

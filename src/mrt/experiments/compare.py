@@ -5,8 +5,8 @@ held-out evaluation and the budgets. Every arm x seed is one *unit*: train from 
 steps for every arm of a seed; `mrt.cli.build_trainer` for RL arms, `mrt.star.run` for STaR), then evaluate the
 final model with `mrt.evaluation` at budgets up to the largest multiple of the training budget, and write
 `units/<arm>-seed<k>.json`. The base model is one more unit, "base". A unit works in `work_dir/<unit>/` and its
-JSON is written under a temporary name and renamed when done, so a finished unit is never redone and an
-interrupted one starts again from nothing. A unit records the code version it ran on (`code_version`); units of
+JSON is written under a temporary name and renamed when done, so a finished unit is never redone; an
+interrupted one keeps its finished training and evaluated chunks. A unit records the code version it ran on (`code_version`); units of
 different versions are refused unless `allow_mixed_versions`. `mrt.experiments.report` turns the unit files into the
 report.
 """
@@ -40,6 +40,9 @@ KINDS = ("rl", "star")
 BASE = "base"
 UNITS = "units"
 PROBLEMS_FILE = "eval_problems.jsonl"
+TRAINED = "trained"  # work_dir/trained/<training key>/: a trained model, shared by the units that evaluate it
+# Evaluation fields the tool sets itself.
+EVAL_OWNED = frozenset({"models", "dataset", "split", "max_tokens", "budgets", "cutoffs", "output_dir"})
 # Training fields that never change a unit's numbers: left out of its fingerprint.
 NOT_FINGERPRINTED = ("output_dir", "report_to", "logging_steps", "save_strategy", "run_name")
 # Training-curve keys kept from trainer.state.log_history (every mrt/ metric is kept too).
@@ -66,6 +69,13 @@ class Arm:
         "help": "Run this arm's units after every other arm's (all seeds), so that the core comparison ends first."})
     seeds: list[int] | None = field(default=None, metadata={
         "help": "This arm's seeds, a subset of the comparison's (fewer seeds for a secondary arm). None: all."})
+    seed_offset: int = field(default=0, metadata={
+        "help": "Added to a unit's seed for its training's random draws (samples, data order), its problems staying "
+                "the unit seed's (dataset_seed): the same unit with other draws, for the draw-only spread."})
+    evaluation: dict = field(default_factory=dict, metadata={
+        "help": "EvalConfig fields set on top of the comparison's `evaluation` for this arm's units, e.g. another "
+                "seed: with the same training as another arm, the evaluation's draw-only spread (an arm with the "
+                "same training fields evaluates the same trained model: it is trained once)."})
 
     def __post_init__(self):
         check(bool(self.name) and all(c.isalnum() or c in "_." for c in self.name), "Arm", "name", self.name,
@@ -74,7 +84,10 @@ class Arm:
         check(self.kind in KINDS, "Arm", "kind", self.kind, f"one of {KINDS}")
         check(bool(self.config), "Arm", "config", self.config, "a training config path")
         check(isinstance(self.overrides, dict), "Arm", "overrides", self.overrides, "a mapping of field: value")
+        check(isinstance(self.evaluation, dict) and not set(self.evaluation) & EVAL_OWNED, "Arm", "evaluation",
+              self.evaluation, "a mapping of EvalConfig fields, none of those the tool sets itself")
         check(isinstance(self.optional, bool), "Arm", "optional", self.optional, "true or false")
+        check(isinstance(self.seed_offset, int), "Arm", "seed_offset", self.seed_offset, "an integer")
         check(self.seeds is None or (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)), "Arm",
               "seeds", self.seeds, "None or at least one seed, no repeats")
 
@@ -130,7 +143,7 @@ class CompareConfig:
                self.budget_multiples, "positive multiples of the training budget")
         _check(isinstance(self.train, dict), "train", self.train, "a mapping of field: value")
         _check(isinstance(self.evaluation, dict), "evaluation", self.evaluation, "a mapping of EvalConfig fields")
-        owned = {"models", "dataset", "split", "max_tokens", "budgets", "cutoffs", "output_dir"} & set(self.evaluation)
+        owned = EVAL_OWNED & set(self.evaluation)
         _check(not owned, "evaluation", sorted(owned), "none of the fields the tool sets itself")
         _check(self.bootstrap_resamples >= 10, "bootstrap_resamples", self.bootstrap_resamples, ">= 10")
         _check(self.reference_arm != BASE, "reference_arm", self.reference_arm, "an arm's name or None")
@@ -210,8 +223,14 @@ def arm_fields(config: CompareConfig, arm: Arm, seed: int, output_dir: str | Pat
     model, the seed and the unit's output folder."""
     recipe = yaml.safe_load(Path(arm.config).read_text()) or {}
     common = config.train if arm.kind == "rl" else {}
-    return {**recipe, **common, **arm.overrides, "model_name_or_path": config.model, "seed": seed,
-            "output_dir": str(output_dir)}
+    other_draws = {"dataset_seed": seed} if arm.seed_offset else {}
+    return {**recipe, **common, **other_draws, **arm.overrides, "model_name_or_path": config.model,
+            "seed": seed + arm.seed_offset, "output_dir": str(output_dir)}
+
+
+def numbered_fields(config: CompareConfig, arm: Arm, seed: int) -> dict:
+    """A unit's training fields that decide its numbers (not NOT_FINGERPRINTED)."""
+    return {k: v for k, v in arm_fields(config, arm, seed, "x").items() if k not in NOT_FINGERPRINTED}
 
 
 def training_budget(config: CompareConfig) -> int:
@@ -235,6 +254,7 @@ def eval_budgets(config: CompareConfig) -> tuple[list[int], int]:
 
 
 def _training_problems(config: CompareConfig) -> set[str]:
+    from mrt.cli import problems_seed
     from mrt.data import load_problems
 
     seen = set()
@@ -244,7 +264,8 @@ def _training_problems(config: CompareConfig) -> set[str]:
             rows = load_problems(f.get("dataset_name", "arithmetic"), split=f.get("dataset_train_split", "train"),
                                  problem_column=f.get("problem_column", "problem"),
                                  answer_column=f.get("answer_column", "answer"), system_prompt=None,
-                                 num_problems=f.get("num_train_problems"), seed=seed)
+                                 num_problems=f.get("num_train_problems"),
+                                 seed=problems_seed(f.get("dataset_seed"), f["seed"]))
             seen.update(held_out_key(str(p)) for p in rows[f.get("problem_column", "problem")])
     return seen
 
@@ -295,11 +316,11 @@ def write_held_out(config: CompareConfig) -> Path:
     return write_atomic(Path(config.output_dir) / PROBLEMS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def eval_config(config: CompareConfig, model: str, problems: Path, output_dir: Path):
+def eval_config(config: CompareConfig, model: str, problems: Path, output_dir: Path, arm: Arm | None = None):
     from mrt.evaluation.run import EvalConfig
 
     budgets, max_tokens = eval_budgets(config)
-    fields = {"backend": "transformers", **config.evaluation}
+    fields = {"backend": "transformers", **config.evaluation, **(arm.evaluation if arm else {})}
     fields.pop("problem_column", None)
     fields.pop("answer_column", None)
     return EvalConfig(**fields, models=[model], dataset=str(problems), split="train", max_tokens=max_tokens,
@@ -311,9 +332,8 @@ def fingerprint(config: CompareConfig, arm: Arm | None, seed: int | None, proble
     if arm is None:
         what = {"model": config.model}
     else:
-        fields = {k: v for k, v in arm_fields(config, arm, seed, "x").items() if k not in NOT_FINGERPRINTED}
-        what = {"kind": arm.kind, "fields": fields}
-    evaluation = eval_config(config, config.model, problems, Path("x")).settings()  # as committed units know it
+        what = {"kind": arm.kind, "fields": numbered_fields(config, arm, seed)}
+    evaluation = eval_config(config, config.model, problems, Path("x"), arm).settings()  # as committed units know it
     evaluation = {k: v for k, v in evaluation.items() if k not in ("models", "dataset", "output_dir")}
     what.update(evaluation=evaluation, problems=settings_fingerprint(problems.read_bytes(), length=40))
     return settings_fingerprint(what)
@@ -372,9 +392,10 @@ def weight_change(base: str, trained: str) -> float:
 
 
 def code_version(folder: str | os.PathLike | None = None) -> dict | None:
-    """The version of the code in `folder` (default: the mrt package this process runs): the git commit, and
-    whether the files under `folder` differ from it (changed or untracked files: the commit alone does not name the
-    code then); None outside a git checkout."""
+    """The version of the code in `folder` (default: the mrt package this process runs): the git commit, the git
+    tree of `folder` at that commit (what names the code: commits that change only docs or results keep it), and
+    whether the files under `folder` differ from it (changed or untracked files: neither names the code then);
+    None outside a git checkout."""
     here = Path(folder) if folder is not None else Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str | None:
@@ -388,8 +409,9 @@ def code_version(folder: str | os.PathLike | None = None) -> dict | None:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return None
+    tree = git("rev-parse", "HEAD:./")
     status = git("status", "--porcelain", "--", ".")
-    return {"commit": commit.strip(), "dirty": status is None or bool(status.strip())}
+    return {"commit": commit.strip(), "tree": (tree or "").strip() or None, "dirty": status is None or bool(status.strip())}
 
 
 def hardware() -> str:
@@ -400,34 +422,67 @@ def hardware() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def run_unit(config: CompareConfig, arm: Arm | None, seed: int | None, problems: Path, work: Path,
-             progress_bar: bool = True, on_stage=None) -> dict:
-    """Train (unless base) and evaluate one unit in `work`; its result (without writing it)."""
-    from mrt.evaluation.run import evaluate, load_records
-    from mrt.experiments.report import per_problem
+def training_key(config: CompareConfig, arm: Arm | None, seed: int | None) -> str | None:
+    """What names a unit's training (its fields, less those that never change numbers); None for the base."""
+    if arm is None:
+        return None
+    return settings_fingerprint({"kind": arm.kind, "fields": numbered_fields(config, arm, seed)})
+
+
+def trained_part(config: CompareConfig, arm: Arm, seed: int, work: Path, key: str) -> dict:
+    """Train in `work / "train"`, or take the training a unit with the same `key` (`training_key`) finished
+    earlier, in this run or an interrupted one (`work / "trained.json"`, same code version); the unit's training
+    fields, with "model"."""
     from mrt.models import resolve_model
 
-    stage = on_stage or (lambda name: None)
+    marker = work / "trained.json"
+    version = code_version()
+    if marker.exists():
+        kept = json.loads(marker.read_text())
+        if kept["key"] == key and kept["code_version"] == version and (
+                kept["model"] is None or Path(kept["model"]).exists()):
+            logger.info("%s-seed%s: trained earlier (%s): evaluating that model", arm.name, seed, marker)
+            return kept["part"] | {"model": kept["model"], "training_reused": True}
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
     start = time.perf_counter()
+    fields = arm_fields(config, arm, seed, work / "train")
+    model, history, notes = (train_rl if arm.kind == "rl" else train_star)(fields)
+    part = {"notes": notes, "curves": [{k: v for k, v in entry.items() if k == "step" or k in CURVE_KEYS
+                                        or k.startswith("mrt/")} for entry in history
+                                       if "step" in entry and "loss" in entry]}
+    if model is not None:
+        part["weight_change"] = weight_change(resolve_model(config.model), model)
+    part["seconds_train"] = round(time.perf_counter() - start, 1)
+    write_atomic(marker, json.dumps({"key": key, "code_version": version, "model": model,
+                                     "part": part}, indent=1) + "\n")
+    return part | {"model": model, "training_reused": False}
+
+
+def run_unit(config: CompareConfig, arm: Arm | None, seed: int | None, problems: Path, work: Path,
+             progress_bar: bool = True, on_stage=None) -> dict:
+    """Train (unless base) and evaluate one unit in `work`; its result (without writing it). The training is in
+    `training_folder` (shared by units with the same training) and kept when a run is interrupted, as are the
+    evaluated chunks (`mrt.evaluation`)."""
+    from mrt.evaluation.run import evaluate, load_records
+    from mrt.experiments.report import per_problem
+
+    stage = on_stage or (lambda name: None)
     result = {"arm": arm.name if arm else BASE, "seed": seed, "kind": arm.kind if arm else BASE,
               "config": arm.config if arm else None, "hardware": hardware(), "code_version": code_version(),
-              "curves": [], "notes": {}}
+              "curves": [], "notes": {}, "seconds_train": 0.0}
     model = config.model
     if arm is not None:
-        fields = arm_fields(config, arm, seed, work / "train")
-        model, history, notes = (train_rl if arm.kind == "rl" else train_star)(fields)
-        result["notes"] = notes
-        result["curves"] = [{k: v for k, v in entry.items() if k == "step" or k in CURVE_KEYS
-                             or k.startswith("mrt/")} for entry in history if "step" in entry and "loss" in entry]
-        if model is not None:
-            result["weight_change"] = weight_change(resolve_model(config.model), model)
-    result["seconds_train"] = round(time.perf_counter() - start, 1)
+        key = training_key(config, arm, seed)
+        part = trained_part(config, arm, seed, training_folder(config, key), key)
+        result["training_key"] = key
+        model = part.pop("model")
+        result.update(part)
     stage("trained")
     if model is None:  # nothing trained: no model to evaluate
         result["seconds_total"] = result["seconds_train"]
         return result
     start_eval = time.perf_counter()
-    evaluation = eval_config(config, model, problems, work / "eval")
+    evaluation = eval_config(config, model, problems, work / "eval", arm)
     report = evaluate(evaluation, progress_bar=progress_bar)
     (summary,) = report["models"].values()
     records = load_records(Path(summary["records"]), evaluation.fingerprint())
@@ -435,7 +490,7 @@ def run_unit(config: CompareConfig, arm: Arm | None, seed: int | None, problems:
     result["per_problem"] = per_problem([records[i] for i in sorted(records)], evaluation.budgets,
                                         evaluation.cutoffs)
     result["seconds_eval"] = round(time.perf_counter() - start_eval, 1)
-    result["seconds_total"] = round(time.perf_counter() - start, 1)
+    result["seconds_total"] = round(result["seconds_train"] + result["seconds_eval"], 1)
     stage("evaluated")
     return result
 
@@ -479,6 +534,10 @@ def unit_lock(config: CompareConfig, unit: str) -> Iterator[bool]:
         yield True
 
 
+def training_folder(config: CompareConfig, key: str) -> Path:
+    return Path(config.work_dir) / TRAINED / key
+
+
 def _finished(config: CompareConfig, plan: list) -> dict[str, dict]:
     """The planned units whose files are on disk, by name."""
     return {name: unit for name, _, _, fp in plan if (unit := load_unit(unit_path(config, name), fp))}
@@ -518,16 +577,25 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
                 bar.update(1)
                 continue
             bar.set_postfix_str(name)
-            work = Path(config.work_dir) / name
-            shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
+            work = Path(config.work_dir) / name  # kept: an interrupted unit resumes from it (run_unit)
             for leftover in unit_path(config, name).parent.glob(f"{name}.json*.tmp"):
                 leftover.unlink(missing_ok=True)
-            stage = (lambda s, name=name: on_stage(name, s)) if on_stage else None
-            result = run_unit(config, arm, seed, problems, work, progress_bar, stage)
-            result.update(unit=name, fingerprint=fp, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            key = training_key(config, arm, seed)
+            with unit_lock(config, f"{TRAINED}-{key}") as trainable:
+                if not trainable:
+                    logger.info("%s: its training is running in another process: left for a later run", name)
+                    continue
+                stage = (lambda s, name=name: on_stage(name, s)) if on_stage else None
+                result = run_unit(config, arm, seed, problems, work, progress_bar, stage)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            result.update(unit=name, fingerprint=fp, finished_at=stamp)
             save_unit(unit_path(config, name), result)
             if not config.keep_models:
                 shutil.rmtree(work, ignore_errors=True)
+                waiting = {training_key(config, a, s) for n, a, s, f in plan if n != name
+                           and not load_unit(unit_path(config, n), f)}
+                if key is not None and key not in waiting:  # no unit left to evaluate this training
+                    shutil.rmtree(training_folder(config, key), ignore_errors=True)
             bar.update(1)
     bar.close()
     done = _finished(config, plan)  # this run's units and those other processes finished meanwhile

@@ -107,12 +107,14 @@ def arm_stats(units: list[dict], budgets: list[int], target: float | None, resam
 
 
 def version_label(unit: dict) -> str:
-    """The code version a unit ran on, as the report names it: the commit's first 12 digits, '+dirty' when the
-    library had uncommitted changes, 'unknown' when the unit recorded none (outside git, or an older unit)."""
+    """The code version a unit ran on, as the report names it: 'mrt@' and the library tree's first 12 digits (the
+    commit's for units that recorded no tree), '+dirty' when the library had uncommitted changes, 'unknown' when the
+    unit recorded none (outside git, or an older unit)."""
     version = unit.get("code_version")
     if not version or not version.get("commit"):
         return "unknown"
-    return version["commit"][:12] + ("+dirty" if version.get("dirty") else "")
+    name = f"mrt@{version['tree'][:12]}" if version.get("tree") else version["commit"][:12]
+    return name + ("+dirty" if version.get("dirty") else "")
 
 
 def code_versions(units: list[dict], allow_mixed: bool = False) -> dict[str, list[str]]:

@@ -61,6 +61,14 @@ def isolated_rng(seed: int, device):
         yield
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts as one left-padded batch of ids, and its attention mask."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
+
+
 def check_answers(answers: Sequence[Sequence[int]]) -> None:
     if any(not a for a in answers):
         raise ValueError("Every answer needs at least one token to score its likelihood.")

@@ -9,7 +9,15 @@ from transformers import DynamicCache, GenerationConfig, StoppingCriteria, Stopp
 from transformers.cache_utils import DynamicLayer
 from trl.models.utils import unwrap_model_for_generation
 
-from mrt.prover.base import check_answers, cut_at_eos, draw_seeds, isolated_rng, max_over_ranks, own_generator
+from mrt.prover.base import (
+    check_answers,
+    cut_at_eos,
+    draw_seeds,
+    isolated_rng,
+    left_pad,
+    max_over_ranks,
+    own_generator,
+)
 from mrt.tokens import eos_ids
 
 
@@ -155,13 +163,6 @@ class TransformersProver:
                     results[i] = value
         return results
 
-    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(p) for p in prompts)
-        device = self.device
-        ids = torch.tensor([[self._pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        return ids, mask
-
     def branch(self, model, prompts, config, num_samples, stop) -> list[list[int]]:
         """Prefill the prompts (shared leading tokens once) and sample `num_samples` rows from each; the returned rows
         are grouped by prompt."""
@@ -244,12 +245,12 @@ class TransformersProver:
             calls -= 1
             if computed is None:  # a cache that does not keep every position (sliding window): read prompts whole
                 self._idle(model, calls)
-                return *self._left_pad(prompts[known:]), None
+                return *left_pad(prompts[known:], self._pad_id, self.device), None
             for i, layers in zip(todo, computed):
                 compact[i] = layers
         self._idle(model, calls)
         prompts, compact = prompts[known:], compact[known:]
-        ids, mask = self._left_pad(prompts)
+        ids, mask = left_pad(prompts, self._pad_id, self.device)
         filled = [c for c in compact if c is not None]
         if not filled:  # one-token prompts: nothing to cache
             return ids, mask, None
@@ -309,7 +310,7 @@ class TransformersProver:
         one teacher-forced pass over each prompt's last token and its answer."""
         ids, mask, cache = self._prefill(model, prompts)
         if cache is None:  # no reusable cache: one pass over prompt + answer, keeping the answer's logits
-            ids, mask = self._left_pad([[*p, *a] for p, a in zip(prompts, answers)])
+            ids, mask = left_pad([[*p, *a] for p, a in zip(prompts, answers)], self._pad_id, self.device)
             cache, tails = None, [[*p[-1:], *a] for p, a in zip(prompts, answers)]
             width = max(len(t) for t in tails)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
