@@ -370,6 +370,38 @@ def test_paired_differences_by_seed_sign_count_and_t_interval():
     table = markdown_report(report)
     assert "Paired against grpo" in table
     assert "| mrt | 1x (8) | 3 | +0.167 [" in table and "0: +0.250, 1: +0.500, 2: -0.250 | 2/1/0 | 1 |" in table
+    # The extrapolation gain (accuracy at 16 minus at B = 8) moves by minus the shift at 8.
+    (gain,) = paired["arms"]["mrt"]["extrapolation_gain"]
+    assert gain["budgets"] == "16-8" and gain["by_seed"] == {"0": -0.25, "1": -0.5, "2": 0.25}
+    assert "| mrt | gain 16-8 | 3 | -0.167 [" in table
+    own = report["arms"]["grpo"]["extrapolation_gain"]  # per arm: the gain with its interval
+    assert (own["from"], own["to"]) == (8, 16) and own["mean"] == pytest.approx(1.25 / 8, abs=1e-6)
+
+
+def test_behaviour_means_and_a_shared_training_counted_once():
+    def unit(seed, answered, episodes, progress, share, reused=False):
+        u = _unit("mrt", seed, [[0.0, 0.5, 0.5]], seconds=100.0)
+        u["seconds_eval"], u["seconds_total"], u["training_reused"] = 40.0, 140.0, reused
+        u["curves"] = [{"step": 1, "mrt/prover_step_share": share}, {"step": 2, "mrt/prover_step_share": share}]
+        u["eval"] = {"answered": answered, "accuracy_given_answered": 0.5, "mean_episodes": episodes,
+                     "ended_early": 1.0, "progress_per_episode": [{"episode": j + 1, "progress": p, "count": 4}
+                                                                   for j, p in enumerate(progress)]}
+        return u
+
+    units = [unit(0, 0.5, 3.0, [0.25, 0.0], 0.1), unit(1, 1.0, 4.0, [0.75], 0.3, reused=True)]
+    report = build_report("t", units, ["mrt"], [0, 8, 16], 8, resamples=20)
+    mrt = report["arms"]["mrt"]
+    b = mrt["behaviour"]
+    assert (b["answered"], b["episodes"], b["ended_early"]) == (0.75, 3.5, 1.0)
+    assert b["progress_per_episode"] == {1: 0.5, 2: 0.0} and b["prover_step_share"] == pytest.approx(0.2)
+    assert b["frac_empty_prefix"] is None  # not a branched arm
+    # The unit that evaluated another unit's training spent only its evaluation.
+    assert mrt["wall_seconds"]["total"] == 140.0 + 40.0 and mrt["wall_seconds"]["train_mean"] == 100.0
+    table = markdown_report(report)
+    assert ("| mrt | 0.000 [0.000, 0.000] (16 vs 8) | 0.750 | 0.500 | 3.50 | 1.000 | +0.500 / +0.000 / n/a | 0.200 |"
+            in table)
+    assert "| mrt-seed0 | 0.000 | 0.500 | 0.500 | 0.500 | 3.00 | n/a | 100 | 40 |" in table  # per unit
+    assert "| mrt-seed1 | 0.000 | 0.500 | 0.500 | 1.000 | 4.00 | n/a | shared | 40 |" in table
 
 
 def test_paired_bootstrap_covers_the_true_difference():

@@ -98,10 +98,22 @@ def paired_rows(units: list[dict], reference: list[dict], key: str, xs: list, x_
     return rows
 
 
+def with_gain(units: list[dict], start: int, end: int) -> list[dict]:
+    """The units with one more per-problem table, "gain": accuracy at budget column `end` minus at `start`."""
+    out = []
+    for u in units:
+        rows = u["per_problem"]["accuracy"]
+        gain = [None if r[start] is None or r[end] is None else r[end] - r[start] for r in rows]
+        out.append({**u, "per_problem": {**u["per_problem"], "gain": gain}})
+    return out
+
+
 def paired_report(groups: dict[str, list[dict]], reference: str, budgets: list[int], resamples: int, seed: int,
-                  level: float = LEVEL) -> dict | None:
+                  level: float = LEVEL, extrapolation: tuple[int, int] | None = None) -> dict | None:
     """Every arm but the base and the reference against the reference: accuracy at each budget and regret at each
-    cutoff; None when the reference arm has no evaluated unit."""
+    cutoff; with `extrapolation` (the budget columns of B and of the largest budget), the difference of the
+    extrapolation gain (accuracy at the largest budget minus at B) too. None when the reference arm has no evaluated
+    unit."""
     ref = [u for u in groups.get(reference, []) if "per_problem" in u]
     if not ref:
         return None
@@ -115,6 +127,12 @@ def paired_report(groups: dict[str, list[dict]], reference: str, budgets: list[i
             arms[arm] = {"seeds": seeds,
                          "accuracy": paired_rows(units, ref, "accuracy", budgets, "budget", resamples, seed, level),
                          "regret": paired_rows(units, ref, "regret", cutoffs, "cutoff", resamples, seed, level)}
+            if extrapolation:
+                start, end = extrapolation
+                mine = with_gain([u for u in units if "per_problem" in u], start, end)
+                arms[arm]["extrapolation_gain"] = paired_rows(mine, with_gain(ref, start, end), "gain",
+                                                              [f"{budgets[end]}-{budgets[start]}"], "budgets",
+                                                              resamples, seed, level)
     return {"reference": reference, "level": level, "difference": f"arm - {reference}",
             "bootstrap_over": "paired seeds, then problems, with replacement", "t_over": "the seeds' differences",
             "arms": arms}

@@ -76,16 +76,76 @@ def _curves(units: list[dict]) -> dict:
     return out
 
 
-def arm_stats(units: list[dict], budgets: list[int], target: float | None, resamples: int, seed: int) -> dict:
+def gain_stat(start: int, end: int):
+    """The statistic "accuracy at column `end` minus at column `start`" of a (seeds, problems, k) array."""
+    def stat(values):
+        curve = per_column_mean(values)
+        return np.array([curve[end] - curve[start]])
+    return stat
+
+
+def extrapolation_columns(budgets: list[int], training_budget: int | None) -> tuple[int, int] | None:
+    """(column of B, column of the largest budget) when the budgets go past B; the gain is between them."""
+    if training_budget not in budgets or budgets[-1] <= training_budget:
+        return None
+    return budgets.index(training_budget), len(budgets) - 1
+
+
+def behaviour(units: list[dict]) -> dict:
+    """Means over an arm's evaluated units of how its completions behave (the evaluation's summary: answered rate,
+    accuracy given answered, episodes, ended early, mean progress per episode) and of its training's logged MRT
+    costs (the prover's share of a step; branched: the share of cuts with an empty prefix)."""
+    evaluated = [u["eval"] for u in units if u.get("eval")]
+    per_episode: dict[int, list[float]] = {}
+    for e in evaluated:
+        for row in e.get("progress_per_episode", []):
+            if row.get("progress") is not None:
+                per_episode.setdefault(int(row["episode"]), []).append(row["progress"])
+
+    def logged(key):
+        return _mean(entry.get(key) for u in units for entry in u.get("curves", []))
+
+    return {"answered": _mean(e.get("answered") for e in evaluated),
+            "accuracy_given_answered": _mean(e.get("accuracy_given_answered") for e in evaluated),
+            "episodes": _mean(e.get("mean_episodes") for e in evaluated),
+            "ended_early": _mean(e.get("ended_early") for e in evaluated),
+            "progress_per_episode": {j: _mean(v) for j, v in sorted(per_episode.items())},
+            "prover_step_share": logged("mrt/prover_step_share"),
+            "frac_empty_prefix": logged("mrt/frac_empty_prefix")}
+
+
+def unit_rows(units: list[dict]) -> list[dict]:
+    """One row per unit: its mean accuracy at each budget over the problems, its evaluation's answered rate and
+    episodes, its training's last logged reward, and its train and eval seconds (the draw-only spread and the cost
+    read from these)."""
+    rows = []
+    for u in units:
+        accuracy = per_column_mean(unit_array([u], "accuracy")) if "per_problem" in u else []
+        curves = [e for e in u.get("curves", []) if e.get("reward") is not None]
+        rows.append({"unit": u.get("unit") or f"{u['arm']}-seed{u['seed']}", "arm": u["arm"], "seed": u["seed"],
+                     "accuracy": [number(a) for a in accuracy],
+                     "answered": (u.get("eval") or {}).get("answered"),
+                     "episodes": (u.get("eval") or {}).get("mean_episodes"),
+                     "last_reward": curves[-1]["reward"] if curves else None,
+                     "seconds_train": 0.0 if u.get("training_reused") else u.get("seconds_train"),
+                     "seconds_eval": u.get("seconds_eval"), "training_reused": bool(u.get("training_reused"))})
+    return rows
+
+
+def arm_stats(units: list[dict], budgets: list[int], target: float | None, resamples: int, seed: int,
+              training_budget: int | None = None) -> dict:
     """Every statistic of one arm from its evaluated units (same problems, same budgets)."""
     evaluated = [u for u in units if "per_problem" in u]
     stats = {"seeds": sorted(u["seed"] for u in units if u["seed"] is not None), "n_evaluated": len(evaluated),
              "not_trained": {str(u["seed"]): u["notes"]["not_trained"] for u in units
                              if u.get("notes", {}).get("not_trained")},
              "curves": _curves(units),
-             "wall_seconds": {"train_mean": _mean(u.get("seconds_train") for u in units),
+             # A unit that evaluated a training another unit did counts only its evaluation.
+             "wall_seconds": {"train_mean": _mean(u.get("seconds_train") for u in units
+                                                  if not u.get("training_reused")),
                               "eval_mean": _mean(u.get("seconds_eval") for u in units),
-                              "total": sum(u.get("seconds_total") or 0 for u in units)},
+                              "total": sum((u.get("seconds_eval") or 0) if u.get("training_reused")
+                                           else (u.get("seconds_total") or 0) for u in units)},
              "weight_change": _mean(u.get("weight_change") for u in units),
              "hardware": sorted({u.get("hardware") for u in units if u.get("hardware")}),
              "code_versions": sorted({version_label(u) for u in units})}
@@ -103,6 +163,11 @@ def arm_stats(units: list[dict], budgets: list[int], target: float | None, resam
     point, low, high = interval(accuracy, _tokens_to(budgets, target), resampled)
     stats["tokens_to_base_best"] = {"target": target, "never": bool(np.isinf(point[0])),
                                     **_stat_rows("what", ["tokens"], point, low, high, n)[0]}
+    columns = extrapolation_columns(budgets, training_budget)
+    if columns:
+        row = _stat_rows("what", ["gain"], *interval(accuracy, gain_stat(*columns), resampled), n)[0]
+        stats["extrapolation_gain"] = {**row, "from": budgets[columns[0]], "to": budgets[columns[1]]}
+    stats["behaviour"] = behaviour(evaluated)
     return stats
 
 
@@ -151,8 +216,12 @@ def build_report(name: str, units: list[dict], arms: list[str], budgets: list[in
             "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL,
                           "over": "seeds, then problems, with replacement"},
             "code_versions": versions, "mixed_versions": len(versions) > 1,
-            "arms": {arm: arm_stats(us, budgets, target, resamples, seed) for arm, us in groups.items() if us},
-            "paired": paired_report(groups, reference, budgets, resamples, seed) if reference else None}
+            "arms": {arm: arm_stats(us, budgets, target, resamples, seed, training_budget)
+                     for arm, us in groups.items() if us},
+            "paired": paired_report(groups, reference, budgets, resamples, seed,
+                                    extrapolation=extrapolation_columns(budgets, training_budget))
+            if reference else None,
+            "units": unit_rows([u for arm in groups.values() for u in arm])}
 
 
 # ---------------------------------------------------------------- tables
@@ -195,6 +264,53 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _share(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def behaviour_table(report: dict) -> str:
+    """One row per arm: the extrapolation gain (accuracy at the largest budget minus at B, [95% interval]), the
+    answered rate, accuracy given answered, episodes per completion, the share that ended early (before budget
+    forcing), mean progress (J_j - J_(j-1)) of the first three episodes, the prover's share of a training step,
+    branched training's share of empty-prefix cuts, and evaluation seconds per unit."""
+    head = ["arm", "extrapolation gain", "answered", "acc | answered", "episodes", "ended early",
+            "progress ep 1 / 2 / 3", "prover share of step", "empty-prefix cuts", "eval s/unit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, s in report["arms"].items():
+        b = s.get("behaviour") or {}
+        gain = s.get("extrapolation_gain")
+        gain_text = "n/a" if not gain else f"{_fmt(gain)} ({gain['to']} vs {gain['from']})"
+        steps = b.get("progress_per_episode") or {}
+        progress = " / ".join(_signed(steps.get(j, steps.get(str(j)))) for j in (1, 2, 3))
+        wall = s["wall_seconds"]["eval_mean"]
+        cells = [arm, gain_text, _share(b.get("answered")), _share(b.get("accuracy_given_answered")),
+                 _share(b.get("episodes"), 2), _share(b.get("ended_early")), progress,
+                 _share(b.get("prover_step_share")), _share(b.get("frac_empty_prefix")),
+                 "n/a" if wall is None else f"{wall:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def units_table(report: dict) -> str:
+    """One row per unit: mean accuracy at each budget, answered, episodes, last training reward, train and eval
+    seconds ("shared" for a unit that evaluated another unit's training)."""
+    rows = report.get("units") or []
+    if not rows:
+        return ""
+    budgets, base = report["budgets"], report["training_budget"]
+    head = (["unit"] + [f"acc@{b / base:g}x" if b else "acc@0" for b in budgets]
+            + ["answered", "episodes", "last train reward", "train s", "eval s"])
+    lines = ["Per unit (mean over the held-out problems):", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for r in rows:
+        acc = r["accuracy"] or [None] * len(budgets)
+        train = "shared" if r["training_reused"] else _share(r["seconds_train"], 0)
+        cells = ([r["unit"]] + [_share(a) for a in acc] + [_share(r["answered"]), _share(r["episodes"], 2),
+                 _share(r["last_reward"]), train, _share(r["seconds_eval"], 0)])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _signed(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.3f}"
 
@@ -216,8 +332,9 @@ def paired_table(report: dict) -> str:
     lines = [f"Paired against {ref}: same seeds (same training problems), same held-out problems.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, stats in paired["arms"].items():
-        for r in stats["accuracy"]:
-            budget = f"{r['budget'] / base:g}x ({r['budget']})" if r["budget"] else "0"
+        gains = [{**r, "label": f"gain {r['budgets']}"} for r in stats.get("extrapolation_gain", [])]
+        for r in stats["accuracy"] + gains:
+            budget = r.get("label") or (f"{r['budget'] / base:g}x ({r['budget']})" if r["budget"] else "0")
             low, high = _signed(r["low"]), _signed(r["high"])
             t = "n/a" if r["t_low"] is None else f"[{_signed(r['t_low'])}, {_signed(r['t_high'])}]"
             seeds = ", ".join(f"{s}: {_signed(d)}" for s, d in r["by_seed"].items())
@@ -232,7 +349,8 @@ def markdown_report(report: dict) -> str:
     named = ", ".join(f"{v} ({len(units)} units)" for v, units in sorted(versions.items()))
     line = ("Code versions (mixed; allowed by allow_mixed_versions): " if report.get("mixed_versions")
             else "Code version: ") + (named or "none")
-    parts = [f"# {report['name']}", line, markdown_table(report), paired_table(report)]
+    parts = [f"# {report['name']}", line, markdown_table(report), behaviour_table(report), paired_table(report),
+             units_table(report)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -249,7 +367,7 @@ def csv_rows(report: dict) -> list[dict]:
             rows += [{"arm": arm, "metric": metric, "x": r[key], **{k: r[k] for k in ("mean", "low", "high",
                                                                                        "n_seeds")}}
                      for r in s.get(metric, [])]
-        for metric in ("tokens_to_base_best", "mean_length", "final_accuracy"):
+        for metric in ("tokens_to_base_best", "mean_length", "final_accuracy", "extrapolation_gain"):
             if metric in s:
                 r = s[metric]
                 rows.append({"arm": arm, "metric": metric, "x": r.get("target", ""),
@@ -261,9 +379,9 @@ def csv_rows(report: dict) -> list[dict]:
             row.setdefault("code_versions", " ".join(s.get("code_versions", [])))
     paired = report.get("paired") or {"arms": {}}
     for arm, stats in paired["arms"].items():
-        for metric, key in (("accuracy", "budget"), ("regret", "cutoff")):
+        for metric, key in (("accuracy", "budget"), ("regret", "cutoff"), ("extrapolation_gain", "budgets")):
             rows += [{"arm": arm, "metric": f"diff_{metric}", "x": r[key], "reference": paired["reference"],
-                      **{k: r[k] for k in CSV_FIELDS if k in r}} for r in stats[metric]]
+                      **{k: r[k] for k in CSV_FIELDS if k in r}} for r in stats.get(metric, [])]
     return rows
 
 
