@@ -393,7 +393,7 @@ def test_behaviour_means_and_a_shared_training_counted_once():
     mrt = report["arms"]["mrt"]
     b = mrt["behaviour"]
     assert (b["answered"], b["episodes"], b["ended_early"]) == (0.75, 3.5, 1.0)
-    assert b["progress_per_episode"] == {1: 0.5, 2: 0.0} and b["prover_step_share"] == pytest.approx(0.2)
+    assert b["progress_per_episode"] == {"1": 0.5, "2": 0.0} and b["prover_step_share"] == pytest.approx(0.2)
     assert b["frac_empty_prefix"] is None  # not a branched arm
     # The unit that evaluated another unit's training spent only its evaluation.
     assert mrt["wall_seconds"]["total"] == 140.0 + 40.0 and mrt["wall_seconds"]["train_mean"] == 100.0

@@ -109,7 +109,7 @@ def behaviour(units: list[dict]) -> dict:
             "accuracy_given_answered": _mean(e.get("accuracy_given_answered") for e in evaluated),
             "episodes": _mean(e.get("mean_episodes") for e in evaluated),
             "ended_early": _mean(e.get("ended_early") for e in evaluated),
-            "progress_per_episode": {j: _mean(v) for j, v in sorted(per_episode.items())},
+            "progress_per_episode": {str(j): _mean(v) for j, v in sorted(per_episode.items())},  # JSON keys
             "prover_step_share": logged("mrt/prover_step_share"),
             "frac_empty_prefix": logged("mrt/frac_empty_prefix")}
 
@@ -281,7 +281,7 @@ def behaviour_table(report: dict) -> str:
         gain = s.get("extrapolation_gain")
         gain_text = "n/a" if not gain else f"{_fmt(gain)} ({gain['to']} vs {gain['from']})"
         steps = b.get("progress_per_episode") or {}
-        progress = " / ".join(_signed(steps.get(j, steps.get(str(j)))) for j in (1, 2, 3))
+        progress = " / ".join(_signed(steps.get(str(j))) for j in (1, 2, 3))
         wall = s["wall_seconds"]["eval_mean"]
         cells = [arm, gain_text, _share(b.get("answered")), _share(b.get("accuracy_given_answered")),
                  _share(b.get("episodes"), 2), _share(b.get("ended_early")), progress,
