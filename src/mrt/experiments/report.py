@@ -273,7 +273,7 @@ def behaviour_table(report: dict) -> str:
     answered rate, accuracy given answered, episodes per completion, the share that ended early (before budget
     forcing), mean progress (J_j - J_(j-1)) of the first three episodes, the prover's share of a training step,
     branched training's share of empty-prefix cuts, and evaluation seconds per unit."""
-    head = ["arm", "extrapolation gain", "answered", "acc | answered", "episodes", "ended early",
+    head = ["arm", "extrapolation gain", "answered", "acc given answered", "episodes", "ended early",
             "progress ep 1 / 2 / 3", "prover share of step", "empty-prefix cuts", "eval s/unit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, s in report["arms"].items():
