@@ -39,10 +39,17 @@ def test_vllm_backend(smollm2_path):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from mrt.generation import VLLMGenerator, make_generator
 
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     generator = make_generator(smollm2_path, backend="auto", vllm_kwargs={"max_model_len": 512})
     assert isinstance(generator, VLLMGenerator)
     check_backend(generator)
+    engine = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and "VLLM" in p.name()]
+    assert engine  # vLLM's engine runs in processes of its own (VLLM::EngineCore, VLLM::Worker)
     generator.close()
+    _, alive = psutil.wait_procs(engine, timeout=30)
+    assert not alive  # closed with the generator: the next unit's training does not carry its memory
 
 
 @pytest.mark.slow

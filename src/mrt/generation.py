@@ -150,6 +150,9 @@ class VLLMGenerator:
                 for out in outputs]
 
     def close(self):
+        engine = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine is not None:  # dropping the LLM alone left the engine's processes (and their memory) running
+            engine.shutdown()
         del self.llm
         gc.collect()
 
