@@ -105,13 +105,10 @@ class TransformersGenerator:
                 forcing = ForcedContinuation(cues, self.eos, max_tokens, ids.size(1), temperature)
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                           logits_processor=LogitsProcessorList([forcing]))
-                for row in out[:, ids.size(1):].tolist():
-                    kept = cut_at_eos(row, self.eos)
-                    samples.append(Sample(kept, self.tokenizer.decode(kept, skip_special_tokens=True),
-                                          len(kept) < max_tokens))
+                samples += [self._sample(cut_at_eos(row, self.eos), max_tokens, None)
+                            for row in out[:, ids.size(1):].tolist()]
                 ends += forcing.first_end
-        return ([samples[k * n:(k + 1) * n] for k in range(len(prompts))],
-                [ends[k * n:(k + 1) * n] for k in range(len(prompts))])
+        return chunks(samples, n), chunks(ends, n)
 
     def _sample(self, ids: list[int], max_tokens: int, stop) -> Sample:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -223,7 +223,7 @@ def evaluate_problems(config: EvalConfig, setup: ProblemSetup, model, mu, prompt
         ends_first = [first_end(s, setup.eos) for group in drawn for s in group]
     samples = [s for group in drawn for s in group]
     owner = [p for p, group in enumerate(drawn) for _ in group]  # the problem of each sample
-    if config.budget_forcing and not in_one_call:  # in rounds: draws with seed + 3, + 4, ... (+1, +2: the prover calls)
+    if config.budget_forcing and not in_one_call:  # rounds draw with seed + 3, + 4, ... (+1, +2: the prover calls)
         samples = force_budget(model.generate, tok, [prompts[p] for p in owner], samples, config.max_tokens,
                                config.temperature, config.forcing_cues, setup.eos, setup.tag, seed + 3)
     temperature = answer_temperature(config.prover_temperature, config.temperature)

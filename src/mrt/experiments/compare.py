@@ -6,9 +6,9 @@ steps for every arm of a seed; `mrt.cli.build_trainer` for RL arms, `mrt.star.ru
 final model with `mrt.evaluation` at budgets up to the largest multiple of the training budget, and write
 `units/<arm>-seed<k>.json`. The base model is one more unit, "base". A unit works in `work_dir/<unit>/` and its
 JSON is written under a temporary name and renamed when done, so a finished unit is never redone; an
-interrupted one keeps its finished training and evaluated chunks. A unit records the code version it ran on (`code_version`); units of
-different versions are refused unless `allow_mixed_versions`. `mrt.experiments.report` turns the unit files into the
-report.
+interrupted one keeps its finished training and evaluated chunks. A unit records the code version it ran on
+(`code_version`); units of different versions are refused unless `allow_mixed_versions`. `mrt.experiments.report`
+turns the unit files into the report.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -411,7 +411,8 @@ def code_version(folder: str | os.PathLike | None = None) -> dict | None:
         return None
     tree = git("rev-parse", "HEAD:./")
     status = git("status", "--porcelain", "--", ".")
-    return {"commit": commit.strip(), "tree": (tree or "").strip() or None, "dirty": status is None or bool(status.strip())}
+    return {"commit": commit.strip(), "tree": (tree or "").strip() or None,
+            "dirty": status is None or bool(status.strip())}
 
 
 def hardware() -> str:
@@ -581,7 +582,7 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
             for leftover in unit_path(config, name).parent.glob(f"{name}.json*.tmp"):
                 leftover.unlink(missing_ok=True)
             key = training_key(config, arm, seed)
-            with unit_lock(config, f"{TRAINED}-{key}") as trainable:
+            with unit_lock(config, f"{TRAINED}-{key}") if key else nullcontext(True) as trainable:
                 if not trainable:
                     logger.info("%s: its training is running in another process: left for a later run", name)
                     continue
