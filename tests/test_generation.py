@@ -34,20 +34,27 @@ def test_transformers_backend(smollm2_path):
 
 
 @pytest.mark.slow
-def test_vllm_backend(smollm2_path):
+def test_vllm_backend(smollm2_path, monkeypatch):
+    """The engine runs in processes of its own (VLLM::EngineCore, VLLM::Worker), also after a colocated TRL engine
+    left VLLM_ENABLE_V1_MULTIPROCESSING=0 in the process, and closing the generator ends them."""
     pytest.importorskip("vllm")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from mrt.generation import VLLMGenerator, make_generator
-
     import psutil
 
+    from mrt.generation import MULTIPROCESSING, VLLMGenerator, make_generator
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv(MULTIPROCESSING, "0")  # as vLLM's external launcher leaves it
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     generator = make_generator(smollm2_path, backend="auto", vllm_kwargs={"max_model_len": 512})
-    assert isinstance(generator, VLLMGenerator)
-    check_backend(generator)
-    engine = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and "VLLM" in p.name()]
-    assert engine  # vLLM's engine runs in processes of its own (VLLM::EngineCore, VLLM::Worker)
-    generator.close()
+    try:
+        assert isinstance(generator, VLLMGenerator)
+        assert os.environ[MULTIPROCESSING] == "0"  # put back for the colocated engine
+        check_backend(generator)
+        engine = [p for p in psutil.Process().children(recursive=True)
+                  if p.pid not in before and "VLLM" in p.name()]
+        assert engine
+    finally:
+        generator.close()
     _, alive = psutil.wait_procs(engine, timeout=30)
     assert not alive  # closed with the generator: the next unit's training does not carry its memory
 
@@ -62,12 +69,14 @@ def test_vllm_seeded_long_prompts_beyond_one_step(smollm2_path):
     from mrt.generation import make_generator
 
     generator = make_generator(smollm2_path, backend="vllm", vllm_kwargs={"max_model_len": 1024})
-    tok = generator.tokenizer
-    text = " ".join(f"{k} plus {k + 1} is {2 * k + 1}." for k in range(60))  # about 600 tokens
-    prompts = [tok(f"Sum {i}: {text}", add_special_tokens=False)["input_ids"] for i in range(12)]
-    assert sum(len(p) for p in prompts) > 4096
-    out = generator.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=3)
-    again = generator.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=3)
+    try:
+        tok = generator.tokenizer
+        text = " ".join(f"{k} plus {k + 1} is {2 * k + 1}." for k in range(60))  # about 600 tokens
+        prompts = [tok(f"Sum {i}: {text}", add_special_tokens=False)["input_ids"] for i in range(12)]
+        assert sum(len(p) for p in prompts) > 4096
+        out = generator.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=3)
+        again = generator.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=3)
+    finally:
+        generator.close()
     assert [[s.ids for s in g] for g in out] == [[s.ids for s in g] for g in again]
     assert all(0 < len(s.ids) <= 4 for g in out for s in g)
-    generator.close()

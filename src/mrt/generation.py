@@ -7,6 +7,7 @@ reproducible on its own, whatever ran before it, so that a resumed evaluation gi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import importlib.util
@@ -17,6 +18,8 @@ from typing import Protocol
 
 from mrt.prover import Prover, TransformersProver, VLLMPolicyProver
 from mrt.tokens import eos_ids
+
+MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +135,8 @@ class VLLMGenerator:
                    "gpu_memory_utilization": 0.25, **cpu_options(), **kwargs}
         from transformers import AutoTokenizer
 
-        self.llm = LLM(model=model, **options)
+        with own_engine_process():
+            self.llm = LLM(model=model, **options)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.prover = VLLMPolicyProver(eos_ids(self.tokenizer, _declared_eos(model)), "colocate", llm=self.llm)
         self.eos = self.prover.eos
@@ -152,6 +156,25 @@ class VLLMGenerator:
             engine.shutdown()
         del self.llm
         gc.collect()
+
+
+@contextlib.contextmanager
+def own_engine_process():
+    """Start a vLLM engine in a process of its own. A colocated TRL engine (external launcher) sets
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 for the rest of the process, and engines in one process share vLLM's global
+    parallel state: closing one breaks the next. The variable is put back once the engine has started."""
+    import vllm.envs
+
+    before = os.environ.get(MULTIPROCESSING)
+    os.environ[MULTIPROCESSING] = "1"
+    vllm.envs.disable_envs_cache()  # an in-process engine froze vLLM's view of the environment
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROCESSING)
+        else:
+            os.environ[MULTIPROCESSING] = before
 
 
 def cpu_options() -> dict:
