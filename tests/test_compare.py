@@ -379,16 +379,18 @@ def test_paired_differences_by_seed_sign_count_and_t_interval():
 
 
 def test_behaviour_means_and_a_shared_training_counted_once():
-    def unit(seed, answered, episodes, progress, share, reused=False):
+    def unit(seed, answered, episodes, progress, share, key, reused=False):
         u = _unit("mrt", seed, [[0.0, 0.5, 0.5]], seconds=100.0)
         u["seconds_eval"], u["seconds_total"], u["training_reused"] = 40.0, 140.0, reused
-        u["curves"] = [{"step": 1, "mrt/prover_step_share": share}, {"step": 2, "mrt/prover_step_share": share}]
+        u["training_key"] = key
+        u["curves"] = [{"step": k, "mrt/prover_step_share": share, "reward": float(k >= 9)} for k in range(1, 11)]
         u["eval"] = {"answered": answered, "accuracy_given_answered": 0.5, "mean_episodes": episodes,
                      "ended_early": 1.0, "progress_per_episode": [{"episode": j + 1, "progress": p, "count": 4}
                                                                    for j, p in enumerate(progress)]}
         return u
 
-    units = [unit(0, 0.5, 3.0, [0.25, 0.0], 0.1), unit(1, 1.0, 4.0, [0.75], 0.3, reused=True)]
+    # seed 0 resumed from its own finished training (after a kill); seed 1 evaluated seed 0's training.
+    units = [unit(0, 0.5, 3.0, [0.25, 0.0], 0.1, "k0", reused=True), unit(1, 1.0, 4.0, [0.75], 0.3, "k0", reused=True)]
     report = build_report("t", units, ["mrt"], [0, 8, 16], 8, resamples=20)
     mrt = report["arms"]["mrt"]
     b = mrt["behaviour"]
@@ -400,8 +402,13 @@ def test_behaviour_means_and_a_shared_training_counted_once():
     table = markdown_report(report)
     assert ("| mrt | 0.000 [0.000, 0.000] (16 vs 8) | 0.750 | 0.500 | 3.50 | 1.000 | +0.500 / +0.000 / n/a | 0.200 |"
             in table)
-    assert "| mrt-seed0 | 0.000 | 0.500 | 0.500 | 0.500 | 3.00 | n/a | 100 | 40 |" in table  # per unit
-    assert "| mrt-seed1 | 0.000 | 0.500 | 0.500 | 1.000 | 4.00 | n/a | shared | 40 |" in table
+    # Per unit; the training reward is the mean of the last 8 steps (steps 3-10: two of them 1).
+    assert "| mrt-seed0 | 0.000 | 0.500 | 0.500 | 0.500 | 3.00 | 0.250 | 100 | 40 |" in table
+    assert "| mrt-seed1 | 0.000 | 0.500 | 0.500 | 1.000 | 4.00 | 0.250 | shared | 40 |" in table
+    # With a training of its own, seed 1 counts it too.
+    units[1]["training_key"] = "k1"
+    own = build_report("t", units, ["mrt"], [0, 8, 16], 8, resamples=20)["arms"]["mrt"]["wall_seconds"]
+    assert own["total"] == 2 * 140.0
 
 
 def test_paired_bootstrap_covers_the_true_difference():

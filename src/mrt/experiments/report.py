@@ -114,21 +114,40 @@ def behaviour(units: list[dict]) -> dict:
             "frac_empty_prefix": logged("mrt/frac_empty_prefix")}
 
 
+LAST_STEPS = 8  # the training reward of a unit: its mean over the last steps (one step's reward is 8 samples)
+
+
+def unit_name(u: dict) -> str:
+    return u.get("unit") or f"{u['arm']}-seed{u['seed']}"
+
+
+def mark_shared_trainings(units: list[dict]) -> list[dict]:
+    """Copies of the units with `training_shared`: the unit evaluated a training (same `training_key`) that a unit
+    before it did, so its cost is its evaluation alone. A unit that resumed from its own finished training (after a
+    kill) still counts that training, which is why `training_reused` does not decide this."""
+    seen, marked = set(), []
+    for u in units:
+        key = u.get("training_key")
+        marked.append(u | {"training_shared": key is not None and key in seen})
+        seen.add(key)
+    return marked
+
+
 def unit_rows(units: list[dict]) -> list[dict]:
     """One row per unit: its mean accuracy at each budget over the problems, its evaluation's answered rate and
-    episodes, its training's last logged reward, and its train and eval seconds (the draw-only spread and the cost
-    read from these)."""
+    episodes, its training reward over the last steps, and its train and eval seconds (the draw-only spread and the
+    cost read from these)."""
     rows = []
     for u in units:
         accuracy = per_column_mean(unit_array([u], "accuracy")) if "per_problem" in u else []
-        curves = [e for e in u.get("curves", []) if e.get("reward") is not None]
-        rows.append({"unit": u.get("unit") or f"{u['arm']}-seed{u['seed']}", "arm": u["arm"], "seed": u["seed"],
+        rewards = [e["reward"] for e in u.get("curves", []) if e.get("reward") is not None]
+        rows.append({"unit": unit_name(u), "arm": u["arm"], "seed": u["seed"],
                      "accuracy": [number(a) for a in accuracy],
                      "answered": (u.get("eval") or {}).get("answered"),
                      "episodes": (u.get("eval") or {}).get("mean_episodes"),
-                     "last_reward": curves[-1]["reward"] if curves else None,
-                     "seconds_train": 0.0 if u.get("training_reused") else u.get("seconds_train"),
-                     "seconds_eval": u.get("seconds_eval"), "training_reused": bool(u.get("training_reused"))})
+                     "train_reward": _mean(rewards[-LAST_STEPS:]),
+                     "seconds_train": 0.0 if u.get("training_shared") else u.get("seconds_train"),
+                     "seconds_eval": u.get("seconds_eval"), "training_shared": bool(u.get("training_shared"))})
     return rows
 
 
@@ -142,9 +161,9 @@ def arm_stats(units: list[dict], budgets: list[int], target: float | None, resam
              "curves": _curves(units),
              # A unit that evaluated a training another unit did counts only its evaluation.
              "wall_seconds": {"train_mean": _mean(u.get("seconds_train") for u in units
-                                                  if not u.get("training_reused")),
+                                                  if not u.get("training_shared")),
                               "eval_mean": _mean(u.get("seconds_eval") for u in units),
-                              "total": sum((u.get("seconds_eval") or 0) if u.get("training_reused")
+                              "total": sum((u.get("seconds_eval") or 0) if u.get("training_shared")
                                            else (u.get("seconds_total") or 0) for u in units)},
              "weight_change": _mean(u.get("weight_change") for u in units),
              "hardware": sorted({u.get("hardware") for u in units if u.get("hardware")}),
@@ -204,6 +223,8 @@ def build_report(name: str, units: list[dict], arms: list[str], budgets: list[in
     (one, unless `allow_mixed_versions`)."""
     versions = code_versions(units, allow_mixed_versions)
     groups = {arm: [u for u in units if u["arm"] == arm] for arm in ["base", *arms]}
+    ordered = mark_shared_trainings([u for arm in groups.values() for u in arm])
+    groups = {arm: [u for u in ordered if u["arm"] == arm] for arm in groups}
     base = groups["base"][0] if groups["base"] else None
     best = target = None
     if base is not None and "per_problem" in base:
@@ -221,7 +242,7 @@ def build_report(name: str, units: list[dict], arms: list[str], budgets: list[in
             "paired": paired_report(groups, reference, budgets, resamples, seed,
                                     extrapolation=extrapolation_columns(budgets, training_budget))
             if reference else None,
-            "units": unit_rows([u for arm in groups.values() for u in arm])}
+            "units": unit_rows(ordered)}
 
 
 # ---------------------------------------------------------------- tables
@@ -292,21 +313,21 @@ def behaviour_table(report: dict) -> str:
 
 
 def units_table(report: dict) -> str:
-    """One row per unit: mean accuracy at each budget, answered, episodes, last training reward, train and eval
-    seconds ("shared" for a unit that evaluated another unit's training)."""
+    """One row per unit: mean accuracy at each budget, answered, episodes, training reward over the last steps,
+    train and eval seconds ("shared" for a unit that evaluated another unit's training)."""
     rows = report.get("units") or []
     if not rows:
         return ""
     budgets, base = report["budgets"], report["training_budget"]
     head = (["unit"] + [f"acc@{b / base:g}x" if b else "acc@0" for b in budgets]
-            + ["answered", "episodes", "last train reward", "train s", "eval s"])
+            + ["answered", "episodes", f"train reward (last {LAST_STEPS} steps)", "train s", "eval s"])
     lines = ["Per unit (mean over the held-out problems):", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for r in rows:
         acc = r["accuracy"] or [None] * len(budgets)
-        train = "shared" if r["training_reused"] else _share(r["seconds_train"], 0)
+        train = "shared" if r["training_shared"] else _share(r["seconds_train"], 0)
         cells = ([r["unit"]] + [_share(a) for a in acc] + [_share(r["answered"]), _share(r["episodes"], 2),
-                 _share(r["last_reward"]), train, _share(r["seconds_eval"], 0)])
+                 _share(r["train_reward"]), train, _share(r["seconds_eval"], 0)])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
