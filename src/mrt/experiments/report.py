@@ -206,7 +206,7 @@ def code_versions(units: list[dict], allow_mixed: bool = False) -> dict[str, lis
     versions of the code are not comparable (the evaluation's draws and the prover change with it)."""
     versions: dict[str, list[str]] = {}
     for u in units:
-        versions.setdefault(version_label(u), []).append(u.get("unit") or f"{u['arm']}-seed{u['seed']}")
+        versions.setdefault(version_label(u), []).append(unit_name(u))
     if len(versions) > 1 and not allow_mixed:
         listed = "; ".join(f"{v}: {', '.join(names)}" for v, names in sorted(versions.items()))
         raise ValueError(f"The units come from {len(versions)} code versions ({listed}). Re-run the units of the "
@@ -222,9 +222,8 @@ def build_report(name: str, units: list[dict], arms: list[str], budgets: list[in
     against `reference` on paired seeds and problems (mrt.experiments.paired); the code versions of the units
     (one, unless `allow_mixed_versions`)."""
     versions = code_versions(units, allow_mixed_versions)
-    groups = {arm: [u for u in units if u["arm"] == arm] for arm in ["base", *arms]}
-    ordered = mark_shared_trainings([u for arm in groups.values() for u in arm])
-    groups = {arm: [u for u in ordered if u["arm"] == arm] for arm in groups}
+    ordered = mark_shared_trainings([u for arm in ["base", *arms] for u in units if u["arm"] == arm])
+    groups = {arm: [u for u in ordered if u["arm"] == arm] for arm in ["base", *arms]}
     base = groups["base"][0] if groups["base"] else None
     best = target = None
     if base is not None and "per_problem" in base:
