@@ -4,6 +4,7 @@ The CI smoke runs the real command with --smoke (tiny model, 1 step per arm, 2 p
 training resumes from nothing and gives the same numbers as one that never stopped; the report's statistics are
 checked on hand-made units."""
 
+import contextlib
 import json
 import math
 import os
@@ -154,22 +155,33 @@ def _without_timings(value):
     return value
 
 
-def test_interrupted_unit_resumes_with_the_same_numbers(tmp_path, monkeypatch):
-    """A unit killed after its training keeps it: the resumed run evaluates the trained model without training
-    again, and writes the numbers an uninterrupted run writes."""
+@pytest.fixture(scope="module")
+def dense_recipe(tmp_path_factory):
+    """The CPU comparison with its dense arm only, and the smoke run of it that was never interrupted."""
     import yaml
 
+    folder = tmp_path_factory.mktemp("dense")
     raw = yaml.safe_load(CPU_CONFIG.read_text())
     raw["arms"] = {"mrt_dense": raw["arms"]["mrt_dense"]}
-    recipe = tmp_path / "compare.yaml"
+    recipe = folder / "compare.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    whole = run_comparison(load_config(recipe, smoke=True, output_dir=str(tmp_path / "whole")), progress_bar=False)
+    with contextlib.chdir(ROOT):  # the recipe names its arm's config relative to the repository
+        whole = run_comparison(load_config(recipe, smoke=True, output_dir=str(folder / "whole")), progress_bar=False)
+    return recipe, folder / "whole", whole
+
+
+@pytest.mark.parametrize("stage", ["trained", "evaluated"])
+def test_interrupted_unit_resumes_with_the_same_numbers(dense_recipe, stage, tmp_path, monkeypatch):
+    """A unit killed after its training (or after its evaluation) keeps what it finished: the resumed run neither
+    trains nor evaluates again what it kept, counts the kept evaluation's time, and writes the numbers an
+    uninterrupted run writes."""
+    recipe, whole_dir, whole = dense_recipe
 
     class Killed(Exception):
         pass
 
-    def kill(unit, stage):
-        if unit == "mrt_dense-seed0" and stage == "trained":
+    def kill(unit, at):
+        if unit == "mrt_dense-seed0" and at == stage:
             raise Killed
 
     config = load_config(recipe, smoke=True, output_dir=str(tmp_path / "resumed"))
@@ -179,6 +191,9 @@ def test_interrupted_unit_resumes_with_the_same_numbers(tmp_path, monkeypatch):
     assert (units / "base.json").exists() and not (units / "mrt_dense-seed0.json").exists()
     assert any((tmp_path / "resumed" / "work" / "trained").iterdir())  # the partial unit's trained model
     (units / "mrt_dense-seed0.json.tmp").write_text('{"cut sho')  # as if killed while writing
+    kept = [json.loads(line) for path in (tmp_path / "resumed" / "work").glob("mrt_dense-seed0/eval/records/*.jsonl")
+            for line in path.read_text().splitlines()]
+    assert len(kept) == (2 if stage == "evaluated" else 0)  # the smoke's 2 held-out problems
 
     def trains_again(fields):
         raise AssertionError("the finished training was not reused")
@@ -187,13 +202,21 @@ def test_interrupted_unit_resumes_with_the_same_numbers(tmp_path, monkeypatch):
     resumed = run_comparison(config, progress_bar=False)
 
     assert not (units / "mrt_dense-seed0.json.tmp").exists()
-    a = json.loads((tmp_path / "whole" / "units" / "mrt_dense-seed0.json").read_text())
+    a = json.loads((whole_dir / "units" / "mrt_dense-seed0.json").read_text())
     b = json.loads((units / "mrt_dense-seed0.json").read_text())
     assert a["weight_change"] > 0
     assert not a["training_reused"] and b.pop("training_reused")
     a.pop("training_reused")
+    assert b["seconds_eval"] >= sum(record["seconds"] for record in kept) > 0 or not kept
     assert _without_timings(a) == _without_timings(b)
     assert _without_timings(whole["arms"]) == _without_timings(resumed["arms"])
+
+
+def test_eval_seconds_add_the_kept_chunks_of_an_earlier_run():
+    from mrt.experiments.compare import eval_seconds
+
+    assert eval_seconds(10.04, {}) == 10.0
+    assert eval_seconds(10.0, {0: {"seconds": 30.0}, 1: {"seconds": 30.0}}) == 70.0
 
 
 # ---------------------------------------------------------------- settings

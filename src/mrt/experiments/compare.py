@@ -459,12 +459,18 @@ def trained_part(config: CompareConfig, arm: Arm, seed: int, work: Path, key: st
     return part | {"model": model, "training_reused": False}
 
 
+def eval_seconds(wall: float, earlier: dict[int, dict]) -> float:
+    """A unit's evaluation time: this run's wall time plus the chunk time of the problems an earlier, interrupted
+    run evaluated (their records' `seconds`, per problem)."""
+    return round(wall + sum(record["seconds"] for record in earlier.values()), 1)
+
+
 def run_unit(config: CompareConfig, arm: Arm | None, seed: int | None, problems: Path, work: Path,
              progress_bar: bool = True, on_stage=None) -> dict:
     """Train (unless base) and evaluate one unit in `work`; its result (without writing it). The training is in
     `training_folder` (shared by units with the same training) and kept when a run is interrupted, as are the
     evaluated chunks (`mrt.evaluation`)."""
-    from mrt.evaluation.run import evaluate, load_records
+    from mrt.evaluation.run import evaluate, load_records, records_path
     from mrt.experiments.report import per_problem
 
     stage = on_stage or (lambda name: None)
@@ -484,13 +490,14 @@ def run_unit(config: CompareConfig, arm: Arm | None, seed: int | None, problems:
         return result
     start_eval = time.perf_counter()
     evaluation = eval_config(config, model, problems, work / "eval", arm)
+    earlier = load_records(records_path(evaluation.output_dir, model), evaluation.fingerprint())
     report = evaluate(evaluation, progress_bar=progress_bar)
     (summary,) = report["models"].values()
     records = load_records(Path(summary["records"]), evaluation.fingerprint())
     result["eval"] = {k: v for k, v in summary.items() if k not in ("model", "records")}
     result["per_problem"] = per_problem([records[i] for i in sorted(records)], evaluation.budgets,
                                         evaluation.cutoffs)
-    result["seconds_eval"] = round(time.perf_counter() - start_eval, 1)
+    result["seconds_eval"] = eval_seconds(time.perf_counter() - start_eval, earlier)
     result["seconds_total"] = round(result["seconds_train"] + result["seconds_eval"], 1)
     stage("evaluated")
     return result
