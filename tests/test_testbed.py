@@ -4,6 +4,7 @@ import json
 import random
 import re
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -338,7 +339,7 @@ def _completion(outcome, episodes, forced, tokens=100, finished=True):
 def _gates(completions, **config):
     from mrt.experiments.testbed.pilot import PilotConfig, gate_values, gates
 
-    pilot = PilotConfig(budget=200, budgets=[0, 100, 200], **config)
+    pilot = PilotConfig(max_tokens=200, budgets=[0, 100, 200], **config)
     values = gate_values(completions, pilot.budgets)
     return values, {g.name.split(" ")[0]: g.passed for g in gates(values, pilot)}
 
@@ -378,20 +379,40 @@ def test_each_gate_fails_on_its_own_numbers():
 def test_pilot_config_checks_budgets_and_thresholds():
     from mrt.experiments.testbed.pilot import PilotConfig
 
-    assert PilotConfig(budget=200).budgets == [0, 50, 100, 150, 200]
+    assert PilotConfig(max_tokens=200).budgets == [0, 50, 100, 150, 200]
     with pytest.raises(ValueError, match="PilotConfig.budgets = "):
-        PilotConfig(budget=200, budgets=[50, 200])
+        PilotConfig(max_tokens=200, budgets=[50, 200])
     with pytest.raises(ValueError, match="PilotConfig.max_accuracy = "):
         PilotConfig(min_accuracy=0.6, max_accuracy=0.5)
-    with pytest.raises(ValueError, match="PilotConfig.dataset = "):
-        PilotConfig(dataset="arithmetic:1")
+    with pytest.raises(ValueError, match="PilotConfig.models = "):
+        PilotConfig(models=["a", "b"])
+    with pytest.raises(ValueError, match="EvalConfig.num_samples = "):  # the evaluation's own checks
+        PilotConfig(num_samples=0)
+
+
+def test_pilot_yaml_is_an_evaluation_of_the_testbed_with_the_recipes_rules():
+    """The pilot's evaluation settings are EvalConfig's fields (one definition); its YAML sets B and the episode rule
+    of the testbed recipes."""
+    import yaml
+
+    from mrt.experiments.testbed.pilot import PilotConfig
+
+    root = Path(__file__).resolve().parents[1]
+    pilot = PilotConfig(**yaml.safe_load((root / "configs" / "testbed" / "pilot.yaml").read_text()))
+    recipe = yaml.safe_load((root / "configs" / "mrt_testbed.yaml").read_text())
+    evaluation = pilot.eval_config("folder")
+    assert evaluation.models == ["folder"] and evaluation.max_tokens == recipe["max_completion_length"]
+    assert evaluation.dataset == recipe["dataset_name"] and evaluation.reward_funcs == recipe["reward_funcs"]
+    assert evaluation.max_episodes == recipe.get("max_episodes", 4) and evaluation.split == "test"
 
 
 def test_run_pilot_writes_the_gates_of_a_model(tiny_model_path, tmp_path):
     from mrt.experiments.testbed.pilot import PilotConfig, run_pilot
 
-    config = PilotConfig(model=tiny_model_path, budget=8, num_problems=2, num_samples=2, eval_dir=str(tmp_path / "e"),
-                         output_dir=str(tmp_path / "out"))
+    config = PilotConfig(models=[tiny_model_path], max_tokens=8, num_problems=2, num_samples=2, prover_num_samples=1,
+                         prover_max_tokens=4, termination_suffix="boxed", backend="transformers",
+                         prover_stop=["}"], dataset=DEFAULT_SPEC, reward_funcs=["reasoning_gym_reward"],
+                         output_dir=str(tmp_path / "e"), pilot_dir=str(tmp_path / "out"))
     results = run_pilot(config, progress_bar=False)
     written = json.loads((tmp_path / "out" / "pilot.json").read_text())
     assert written["num_completions"] == 4 and len(written["gates"]) == 4
@@ -407,7 +428,7 @@ def test_rising_gate_reads_j_at_episode_ends_not_cuts_inside_an_episode():
     # Right after its first episode (token 60), wrong when cut inside the second (forced at 100), right at the end.
     completion = {"outcome": 1.0, "episode_ends": [60, 150], "budget_accuracy": [0.0, 0.0, 1.0], "tokens": 150,
                   "finished": True, "j_tokens": [0, 60, 150], "j_values": [0.0, 1.0, 1.0]}
-    pilot = PilotConfig(budget=200, budgets=[0, 100, 200])
+    pilot = PilotConfig(max_tokens=200, budgets=[0, 100, 200])
     values = gate_values([completion], pilot.budgets)
     assert [p["accuracy"] for p in values["curve"]] == [0.0, 1.0, 1.0]
     assert [p["accuracy"] for p in values["forced_curve"]] == [0.0, 0.0, 1.0]

@@ -16,73 +16,48 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from itertools import pairwise
 from pathlib import Path
 
 from mrt.checks import check
-from mrt.data import DEFAULT_SPEC, is_spec
+from mrt.evaluation.run import EvalConfig
 from mrt.progress import j_at
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class PilotConfig:
-    """The pilot's model, problems, budget and thresholds; every field is also a flag of scripts/pilot_testbed.py."""
+class PilotConfig(EvalConfig):
+    """The pilot: an evaluation of one model (every `EvalConfig` field, meaning what it means there; the testbed's
+    values are in configs/testbed/pilot.yaml) with completions of at most B = `max_tokens`, and the gates'
+    thresholds. Every field is also a flag of scripts/pilot_testbed.py."""
 
-    model: str = field(default="testbed:configs/testbed/warm_start.yaml", metadata={
-        "help": "The model: 'testbed:<warm start YAML>' (built when missing), a folder, or smollm2-135m."})
-    dataset: str = field(default=DEFAULT_SPEC, metadata={"help": "The task, as the warm start's `spec`."})
-    reward_funcs: list[str] = field(default_factory=lambda: ["reasoning_gym_reward"], metadata={
-        "help": "Rewards of the completions and of mu's answers, as the training recipes name them."})
-    budget: int = field(default=256, metadata={"help": "The training budget B (max_completion_length)."})
-    budgets: list[int] | None = field(default=None, metadata={
-        "help": "Budgets of the forced-accuracy curve; must hold 0 and B. None: 0, B/4, B/2, 3B/4, B."})
-    num_problems: int = field(default=32, metadata={"help": "Held-out problems (split 'test')."})
-    num_samples: int = field(default=4, metadata={"help": "Completions per problem."})
-    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature (as in training)."})
-    prover_num_samples: int = field(default=1, metadata={"help": "Forced answers per prefix."})
-    prover_max_tokens: int = field(default=8, metadata={"help": "Tokens of each forced answer."})
-    max_episodes: int = field(default=4, metadata={"help": "Episode rule, as the training recipe's."})
-    min_paragraphs_between: int = field(default=1, metadata={"help": "Episode rule, as the training recipe's."})
-    dtype: str = field(default="float32", metadata={"help": "Model dtype of the evaluation."})
-    seed: int = field(default=0, metadata={"help": "Seed of the problems and the draws."})
     max_answer_at_once: float = field(default=0.10, metadata={"help": "Gate: forced accuracy at budget 0 at most."})
     min_accuracy: float = field(default=0.2, metadata={"help": "Gate: accuracy at B at least."})
     max_accuracy: float = field(default=0.5, metadata={"help": "Gate: accuracy at B at most."})
     min_multi_episode: float = field(default=0.3, metadata={"help": "Gate: share of completions with >= 2 episodes."})
     rise_tolerance: float = field(default=0.02, metadata={
         "help": "Gate: the forced-accuracy curve may dip by at most this much between budgets."})
-    eval_dir: str = field(default="outputs/testbed_pilot", metadata={"help": "The evaluation's records and tables."})
-    output_dir: str = field(default="results/testbed_pilot", metadata={"help": "Where pilot.json and pilot.md go."})
+    pilot_dir: str = field(default="results/testbed_pilot", metadata={
+        "help": "Where pilot.json, pilot.md and a copy of the records go (the evaluation's own files go to "
+                "`output_dir`)."})
 
     def __post_init__(self):
-        check(is_spec(self.dataset), "PilotConfig", "dataset", self.dataset, "'reasoning_gym:<task>?...'")
-        for name in ("budget", "num_problems", "num_samples", "prover_num_samples", "prover_max_tokens"):
-            check(getattr(self, name) >= 1, "PilotConfig", name, getattr(self, name), ">= 1")
-        if self.budgets is None:
-            self.budgets = [round(self.budget * k / 4) for k in range(5)]
-        self.budgets = sorted({int(b) for b in self.budgets})
-        check(self.budgets[0] == 0 and self.budgets[-1] == self.budget, "PilotConfig", "budgets", self.budgets,
-              f"budgets from 0 to budget={self.budget}")
+        super().__post_init__()
+        check(len(self.models) == 1, "PilotConfig", "models", self.models, "one model (a folder, a hub id, an alias "
+              "or 'testbed:<warm start YAML>')")
+        check(self.budgets[0] == 0 and self.budgets[-1] == self.max_tokens, "PilotConfig", "budgets", self.budgets,
+              f"budgets from 0 to max_tokens={self.max_tokens} (B)")
         for name in ("max_answer_at_once", "min_accuracy", "max_accuracy", "min_multi_episode", "rise_tolerance"):
             value = getattr(self, name)
             check(0.0 <= value <= 1.0, "PilotConfig", name, value, "a fraction in [0, 1]")
         check(self.min_accuracy <= self.max_accuracy, "PilotConfig", "max_accuracy", self.max_accuracy,
               f">= min_accuracy ({self.min_accuracy})")
 
-    def eval_config(self, folder: str):
-        """The evaluation of the model folder: completions of at most B tokens, mu = the model itself."""
-        from mrt.evaluation import EvalConfig
-
-        return EvalConfig(models=[folder], dataset=self.dataset, split="test", num_problems=self.num_problems,
-                          num_samples=self.num_samples, max_tokens=self.budget, temperature=self.temperature,
-                          prover_num_samples=self.prover_num_samples, prover_max_tokens=self.prover_max_tokens,
-                          termination_suffix="boxed", prover_stop=["}"], budgets=self.budgets,
-                          max_episodes=self.max_episodes, min_paragraphs_between=self.min_paragraphs_between,
-                          backend="transformers", dtype=self.dtype, seed=self.seed, output_dir=self.eval_dir,
-                          reward_funcs=self.reward_funcs)
+    def eval_config(self, folder: str) -> EvalConfig:
+        """The evaluation of the model folder (the pilot's `EvalConfig` fields, with the model resolved)."""
+        return EvalConfig(**{f.name: getattr(self, f.name) for f in fields(EvalConfig)} | {"models": [folder]})
 
 
 # ---------------------------------------------------------------- gates (pure)
@@ -136,7 +111,7 @@ def gates(values: dict, config: PilotConfig) -> list[Gate]:
     return [
         Gate("answer at once (forced at budget 0)", at_once, f"<= {config.max_answer_at_once}",
              at_once is not None and at_once <= config.max_answer_at_once),
-        Gate(f"accuracy at B = {config.budget}", accuracy, f"in [{config.min_accuracy}, {config.max_accuracy}]",
+        Gate(f"accuracy at B = {config.max_tokens}", accuracy, f"in [{config.min_accuracy}, {config.max_accuracy}]",
              accuracy is not None and config.min_accuracy <= accuracy <= config.max_accuracy),
         Gate("completions with >= 2 episodes", multi, f">= {config.min_multi_episode}",
              multi is not None and multi >= config.min_multi_episode),
@@ -174,7 +149,7 @@ def run_pilot(config: PilotConfig, progress_bar: bool = True) -> dict:
     from mrt.evaluation import evaluate
 
     start = time.perf_counter()
-    folder = resolve_pilot_model(config.model)
+    folder = resolve_pilot_model(config.models[0])
     results = evaluate(config.eval_config(folder), progress_bar=progress_bar)
     (summary,) = results["models"].values()
     records = [json.loads(line) for line in Path(summary["records"]).read_text().splitlines() if line.strip()]
@@ -188,8 +163,8 @@ def run_pilot(config: PilotConfig, progress_bar: bool = True) -> dict:
            "gates": [asdict(g) for g in gates(values, config)],
            "seconds": round(time.perf_counter() - start, 1)}
     out["all_passed"] = all(g["passed"] for g in out["gates"])
-    write_pilot(out, config.output_dir)
-    shutil.copyfile(summary["records"], Path(config.output_dir) / "records.jsonl")  # every completion, for audits
+    write_pilot(out, config.pilot_dir)
+    shutil.copyfile(summary["records"], Path(config.pilot_dir) / "records.jsonl")  # every completion, for audits
     return out
 
 
@@ -200,8 +175,9 @@ def write_pilot(results: dict, output_dir: str | Path) -> None:
     c, v = results["config"], results["values"]
     text = [
         "# Testbed pilot", "",
-        (f"Model `{c['model']}` on {c['num_problems']} held-out problems x {c['num_samples']} samples of "
-         f"`{c['dataset']}` (split test), budget B = {c['budget']}; evaluated in {results['eval_seconds']} s. "
+        (f"Model `{c['models'][0]}` on {c['num_problems']} held-out problems x {c['num_samples']} samples of "
+         f"`{c['dataset']}` (split {c['split']}), budget B = {c['max_tokens']}; evaluated in "
+         f"{results['eval_seconds']} s. "
          f"All gates pass: **{results['all_passed']}**."), "",
         *report_lines(results), "",
         (f"Finished within B: {_show(v['finished'])}; mean tokens {_show(v['mean_tokens'])}; "
