@@ -593,3 +593,29 @@ def test_held_out_problems_have_no_commuted_twin_of_a_training_problem(tmp_path)
     rows = [json.loads(line) for line in write_held_out(config).read_text().splitlines()]
     keys = [held_out_key(r["problem"]) for r in rows]
     assert len(rows) == 16 and len(set(keys)) == 16 and not set(keys) & trained
+
+
+def test_a_unit_evaluated_with_another_seed_is_paired_problem_by_problem(tmp_path):
+    from mrt.experiments.compare import aligned_units, problem_order
+    from mrt.experiments.report import in_problem_order
+
+    table = {"budgets": [0], "cutoffs": [], "index": [0, 1, 2], "accuracy": [[0.0], [0.5], [1.0]],
+             "regret": [[], [], []], "outcome": [0, 1, 1], "tokens": [3, 4, 5]}
+    moved = in_problem_order(table, [2, 0, 1])
+    assert moved["index"] == [2, 0, 1] and moved["accuracy"] == [[1.0], [0.0], [0.5]] and moved["tokens"] == [5, 3, 4]
+    assert moved["budgets"] == [0] and table["index"] == [0, 1, 2]  # a copy
+
+    config = load_config(TESTBED_CONFIG, output_dir=str(tmp_path))
+    config.evaluation["num_problems"] = 8
+    problems = write_held_out(config)
+    plan = config.units()
+    arms = {name: arm for name, arm, _ in plan}
+    orders = {name: problem_order(config, arms[name], problems) for name in ("grpo-seed0", "grpo.eval1-seed0")}
+    assert sorted(orders["grpo-seed0"]) == sorted(orders["grpo.eval1-seed0"]) != orders["grpo.eval1-seed0"]
+    # Each unit's row i holds a number that names the problem its evaluation took i-th.
+    ids = {p: i for i, p in enumerate(orders["grpo-seed0"])}
+    done = {name: {"unit": name, "per_problem": {"index": list(range(8)), "accuracy": [[ids[p]] for p in order]}}
+            for name, order in orders.items()}
+    units = {u["unit"]: u for u in aligned_units(config, plan, done, problems)}
+    assert units["grpo-seed0"] == done["grpo-seed0"]  # the comparison's own order: unchanged
+    assert units["grpo.eval1-seed0"]["per_problem"]["accuracy"] == [[i] for i in range(8)]

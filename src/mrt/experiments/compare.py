@@ -339,6 +339,38 @@ def fingerprint(config: CompareConfig, arm: Arm | None, seed: int | None, proble
     return settings_fingerprint(what)
 
 
+def problem_order(config: CompareConfig, arm: Arm | None, problems: Path) -> list[str]:
+    """The held-out problems in the order an arm's evaluation takes them (its evaluation seed shuffles them)."""
+    from mrt.evaluation.run import load_eval_problems
+
+    evaluation = eval_config(config, config.model, problems, Path("x"), arm)
+    return [str(p) for p in load_eval_problems(evaluation)[evaluation.problem_column]]
+
+
+def aligned_units(config: CompareConfig, plan: list, done: dict[str, dict], problems: Path) -> list[dict]:
+    """The finished units in plan order, each one's per-problem rows put in the order of the comparison's own
+    evaluation (a unit evaluated with another seed took the problems in another order), so that paired statistics
+    pair a problem with itself. Units evaluated in that order are unchanged."""
+    from mrt.experiments.report import in_problem_order
+
+    reference = problem_order(config, None, problems)
+    orders: dict[str | None, list[int] | None] = {}
+    units = []
+    for name, arm, *_ in plan:
+        if name not in done:
+            continue
+        unit = done[name]
+        key = arm.name if arm else None
+        if "per_problem" in unit and key not in orders:
+            position = {p: i for i, p in enumerate(problem_order(config, arm, problems))}
+            order = [position[p] for p in reference if p in position]
+            orders[key] = None if order == list(range(len(order))) else order
+        if orders.get(key):
+            unit = {**unit, "per_problem": in_problem_order(unit["per_problem"], orders[key])}
+        units.append(unit)
+    return units
+
+
 # ---------------------------------------------------------------- one unit
 
 
@@ -608,7 +640,7 @@ def run_comparison(config: CompareConfig, progress_bar: bool = True, max_units: 
     bar.close()
     done = _finished(config, plan)  # this run's units and those other processes finished meanwhile
     budgets, _ = eval_budgets(config)
-    report = build_report(config.name, [done[name] for name, *_ in plan if name in done],
+    report = build_report(config.name, aligned_units(config, plan, done, problems),
                           [a.name for a in config.arms], budgets, training_budget(config),
                           resamples=config.bootstrap_resamples, seed=config.bootstrap_seed,
                           reference=config.reference_arm, allow_mixed_versions=config.allow_mixed_versions)

@@ -46,6 +46,16 @@ def per_problem(records: list[dict], budgets: list[int], cutoffs: list[int]) -> 
     return out
 
 
+PROBLEM_ROWS = ("index", "accuracy", "regret", "outcome", "tokens")  # per_problem's lists: one entry per problem
+
+
+def in_problem_order(table: dict, order: list[int]) -> dict:
+    """A copy of a per-problem table (`per_problem`) with its rows taken from positions `order`. Paired statistics
+    pair units row by row, so units whose evaluations took the problems in other orders (another evaluation seed
+    shuffles them) are put in one order first."""
+    return {**table, **{k: [table[k][i] for i in order] for k in PROBLEM_ROWS if k in table}}
+
+
 def _stat_rows(key: str, xs: list, point, low, high, n: int) -> list[dict]:
     return [{key: x, "mean": number(m), "low": number(lo), "high": number(hi), "n_seeds": n}
             for x, m, lo, hi in zip(xs, point, low, high)]
