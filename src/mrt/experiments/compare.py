@@ -354,13 +354,14 @@ def aligned_units(config: CompareConfig, plan: list, done: dict[str, dict], prob
     from mrt.experiments.report import in_problem_order
 
     reference = problem_order(config, None, problems)
-    orders: dict[str | None, list[int] | None] = {}
+    # Only an arm's own evaluation settings can change the order: arms without them share the comparison's.
+    orders: dict[str, list[int] | None] = {"{}": None}
     units = []
     for name, arm, *_ in plan:
         if name not in done:
             continue
         unit = done[name]
-        key = arm.name if arm else None
+        key = json.dumps(arm.evaluation if arm else {}, sort_keys=True)
         if "per_problem" in unit and key not in orders:
             position = {p: i for i, p in enumerate(problem_order(config, arm, problems))}
             order = [position[p] for p in reference if p in position]

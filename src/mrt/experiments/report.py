@@ -28,12 +28,14 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+PROBLEM_ROWS = ("index", "accuracy", "regret", "outcome", "tokens")  # per_problem's lists: one entry per problem
+
+
 def per_problem(records: list[dict], budgets: list[int], cutoffs: list[int]) -> dict:
     """Per problem (in record order), the mean over its scorable completions of: the accuracy at each budget, the
     cumulative regret at each cutoff, the final answer's accuracy; and the mean completion length of all of them.
     None where a problem has no scorable completion."""
-    out = {"budgets": list(budgets), "cutoffs": list(cutoffs), "index": [], "accuracy": [], "regret": [],
-           "outcome": [], "tokens": []}
+    out = {"budgets": list(budgets), "cutoffs": list(cutoffs), **{k: [] for k in PROBLEM_ROWS}}
     for record in records:
         rows = record["completions"]
         ok = [c for c in rows if c["outcome"] is not None and None not in c["j_values"]
@@ -44,9 +46,6 @@ def per_problem(records: list[dict], budgets: list[int], cutoffs: list[int]) -> 
         out["outcome"].append(_mean(c["outcome"] for c in ok))
         out["tokens"].append(_mean(c["tokens"] for c in rows))
     return out
-
-
-PROBLEM_ROWS = ("index", "accuracy", "regret", "outcome", "tokens")  # per_problem's lists: one entry per problem
 
 
 def in_problem_order(table: dict, order: list[int]) -> dict:
